@@ -1,0 +1,256 @@
+"""Flat K-means with two backends behind one interface: faiss (the reference) and torch (Lloyd).
+
+faiss is what the official HCSC code runs (``compat: official``): CPU always, a GPU flat index where
+faiss's GPU build is installed. The torch backend runs the same Lloyd iterations as chunked
+matmul + argmin on any torch device, so GPU clustering works wherever torch has CUDA; its
+:func:`lloyd_partial_sums` step (assign a shard, return per-centroid sums and counts) is also the
+building block of distributed K-means over feature shards.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import faiss
+import numpy as np
+import torch
+from torch import Tensor
+
+from hierclr.clustering.arrays import as_numpy
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "faiss", "torch"]
+BACKENDS = ("auto", "faiss", "torch")
+
+# faiss's split of an empty cluster perturbs the copied centroid by this relative amount.
+_SPLIT_EPS = 1.0 / 1024.0
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    """Outcome of one flat K-means: un-normalised centroids and the final assignment of every point.
+
+    ``assignments``/``sq_distances`` come from searching every input point against the *final*
+    centroids (what the reference code does after ``clus.train``), not from the last iteration.
+    """
+
+    centroids: np.ndarray  # (k, d) float32
+    assignments: np.ndarray  # (n,) int64
+    sq_distances: np.ndarray  # (n,) float32, squared L2 to the assigned centroid
+    objective: float  # sum of squared distances at the last training iteration (faiss's "obj")
+    backend: str
+
+
+def faiss_has_gpu() -> bool:
+    """True when the installed faiss was built with GPU support and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def resolve_backend(backend: str, device: torch.device | str | None) -> tuple[str, torch.device]:
+    """Pick the concrete backend: faiss-GPU, else torch on CUDA, else faiss-CPU (for ``auto``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"clustering backend must be one of {BACKENDS}, got {backend!r}")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"clustering device {dev} requested but torch sees no CUDA device")
+    if backend == "auto":
+        if dev.type == "cuda" and not faiss_has_gpu():
+            return "torch", dev
+        return "faiss", dev
+    return backend, dev
+
+
+def kmeans(
+    x,
+    k: int,
+    *,
+    niter: int = 20,
+    nredo: int = 5,
+    seed: int = 0,
+    max_points_per_centroid: int = 1000,
+    min_points_per_centroid: int = 10,
+    backend: Backend = "auto",
+    device: torch.device | str | None = None,
+    init_centroids=None,
+    verbose: bool = False,
+) -> KMeansResult:
+    """K-means of ``x`` (``(n, d)``) into ``k`` clusters, with faiss's official HCSC settings.
+
+    ``init_centroids`` (``(k, d)``) replaces the random initialisation (then ``nredo`` must be 1);
+    this is how the two backends are compared on the same start.
+    """
+    if k < 1:
+        raise ValueError(f"kmeans: k must be >= 1, got {k}")
+    if niter < 1 or nredo < 1:
+        raise ValueError(f"kmeans: niter and nredo must be >= 1, got niter={niter}, nredo={nredo}")
+    n = int(x.shape[0])
+    if n < k:
+        raise ValueError(f"kmeans: fewer points ({n}) than clusters ({k})")
+    if init_centroids is not None and nredo != 1:
+        raise ValueError("kmeans: init_centroids given, so nredo must be 1 (every redo would start the same)")
+    name, dev = resolve_backend(backend, device)
+    if name == "faiss":
+        return _kmeans_faiss(
+            x, k, niter=niter, nredo=nredo, seed=seed, max_ppc=max_points_per_centroid,
+            min_ppc=min_points_per_centroid, device=dev, init=init_centroids, verbose=verbose,
+        )
+    return _kmeans_torch(
+        x, k, niter=niter, nredo=nredo, seed=seed, max_ppc=max_points_per_centroid,
+        device=dev, init=init_centroids, verbose=verbose,
+    )
+
+
+def assign(x, centroids, *, backend: Backend = "auto", device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every point: ``(sq_distances (n,), assignments (n,))``."""
+    name, dev = resolve_backend(backend, device)
+    if name == "faiss":
+        xs = as_numpy(x, np.float32, "features")
+        c = as_numpy(centroids, np.float32, "centroids")
+        index = _faiss_flat_index(c.shape[1], dev)
+        index.add(c)
+        D, I = index.search(xs, 1)
+        return D[:, 0].copy(), I[:, 0].astype(np.int64)
+    xt = _as_tensor(x, dev)
+    ct = _as_tensor(centroids, dev)
+    d2, idx = nearest_centroid(xt, ct)
+    return d2.cpu().numpy(), idx.cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- faiss backend
+def _faiss_flat_index(d: int, device: torch.device):
+    if device.type == "cuda" and faiss_has_gpu():
+        res = faiss.StandardGpuResources()
+        cfg = faiss.GpuIndexFlatConfig()
+        cfg.useFloat16 = False
+        cfg.device = device.index or 0
+        return faiss.GpuIndexFlatL2(res, d, cfg)
+    return faiss.IndexFlatL2(d)
+
+
+def _kmeans_faiss(x, k, *, niter, nredo, seed, max_ppc, min_ppc, device, init, verbose) -> KMeansResult:
+    xs = as_numpy(x, np.float32, "features")
+    d = xs.shape[1]
+    clus = faiss.Clustering(d, k)
+    clus.niter = niter
+    clus.nredo = nredo
+    clus.seed = seed
+    clus.max_points_per_centroid = max_ppc
+    clus.min_points_per_centroid = min_ppc
+    clus.spherical = False
+    clus.verbose = verbose
+    if init is not None:
+        c0 = as_numpy(init, np.float32, "init_centroids")
+        if c0.shape != (k, d):
+            raise ValueError(f"kmeans: init_centroids shape {c0.shape}, expected {(k, d)}")
+        faiss.copy_array_to_vector(c0.ravel(), clus.centroids)
+    index = _faiss_flat_index(d, device)
+    clus.train(xs, index)
+    centroids = faiss.vector_to_array(clus.centroids).reshape(k, d).astype(np.float32)
+    stats = clus.iteration_stats
+    objective = float(stats.at(stats.size() - 1).obj) if stats.size() else float("nan")
+    # Search every point against the final centroids (the index holds them after training).
+    D, I = index.search(xs, 1)
+    return KMeansResult(centroids, I[:, 0].astype(np.int64), D[:, 0].copy(), objective, "faiss")
+
+
+# ----------------------------------------------------------------------------- torch backend
+def _as_tensor(x, device: torch.device) -> Tensor:
+    if isinstance(x, Tensor):
+        t = x.detach().to(device=device, dtype=torch.float32)
+    else:
+        t = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
+    if not torch.isfinite(t).all():
+        raise ValueError("features contain NaN or inf values")
+    return t
+
+
+def _chunk_rows(k: int, budget: int = 1 << 25) -> int:
+    """Rows per chunk so that a (rows, k) distance block stays around ``budget`` floats."""
+    return max(256, budget // max(k, 1))
+
+
+@torch.no_grad()
+def nearest_centroid(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """Squared L2 distance to, and index of, each row's nearest centroid; chunked over rows."""
+    c_sq = (centroids * centroids).sum(1)
+    d2_out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    idx_out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    step = _chunk_rows(centroids.shape[0])
+    for s in range(0, x.shape[0], step):
+        xb = x[s : s + step]
+        dist = (xb * xb).sum(1, keepdim=True) - 2.0 * (xb @ centroids.T) + c_sq
+        d2, idx = dist.min(dim=1)
+        d2_out[s : s + step] = d2.clamp_min_(0.0)
+        idx_out[s : s + step] = idx
+    return d2_out, idx_out
+
+
+@torch.no_grad()
+def lloyd_partial_sums(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One Lloyd assignment over a shard: per-centroid ``sums (k, d)`` (float64), ``counts (k,)``
+    and the shard's objective (sum of squared distances). Summing these over shards and calling
+    :func:`update_centroids` is exactly one iteration of K-means over the union of the shards.
+    """
+    d2, idx = nearest_centroid(x, centroids)
+    k, d = centroids.shape
+    sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
+    sums.index_add_(0, idx, x.to(torch.float64))
+    counts = torch.bincount(idx, minlength=k).to(torch.float64)
+    return sums, counts, d2.to(torch.float64).sum()
+
+
+@torch.no_grad()
+def update_centroids(sums: Tensor, counts: Tensor, centroids: Tensor) -> tuple[Tensor, int]:
+    """New centroids = mean of their members; empty clusters split a large one as faiss does.
+
+    faiss picks the cluster to split at random with probability proportional to its size; here the
+    largest cluster is split (deterministic, identical across shards and processes). Returns the new
+    centroids (float32) and the number of splits.
+    """
+    counts = counts.clone()
+    new = centroids.to(torch.float64).clone()
+    nonempty = counts > 0
+    new[nonempty] = sums[nonempty] / counts[nonempty, None]
+    nsplit = 0
+    for j in torch.nonzero(~nonempty).flatten().tolist():
+        big = int(torch.argmax(counts))
+        new[j] = new[big] * (1 + _SPLIT_EPS)
+        new[big] = new[big] * (1 - _SPLIT_EPS)
+        counts[j] = counts[big] / 2
+        counts[big] = counts[big] - counts[j]
+        nsplit += 1
+    return new.to(torch.float32), nsplit
+
+
+def _kmeans_torch(x, k, *, niter, nredo, seed, max_ppc, device, init, verbose) -> KMeansResult:
+    xt = _as_tensor(x, device)
+    n, d = xt.shape
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    train = xt
+    if n > k * max_ppc:  # subsample the training set like faiss does
+        sel = torch.randperm(n, generator=gen)[: k * max_ppc].to(device)
+        train = xt[sel]
+    best_c, best_obj = None, float("inf")
+    for redo in range(nredo):
+        if init is not None:
+            c = _as_tensor(init, device)
+            if c.shape != (k, d):
+                raise ValueError(f"kmeans: init_centroids shape {tuple(c.shape)}, expected {(k, d)}")
+        else:
+            perm = torch.randperm(train.shape[0], generator=gen)[:k].to(device)
+            c = train[perm].clone()
+        obj = float("inf")
+        for it in range(niter):
+            sums, counts, obj_t = lloyd_partial_sums(train, c)
+            obj = float(obj_t)
+            c, nsplit = update_centroids(sums, counts, c)
+            if verbose:
+                log.info("torch kmeans redo %d iter %d obj %.4f splits %d", redo, it, obj, nsplit)
+        if obj < best_obj:
+            best_c, best_obj = c, obj
+    d2, idx = nearest_centroid(xt, best_c)
+    return KMeansResult(
+        best_c.cpu().numpy(), idx.cpu().numpy().astype(np.int64), d2.cpu().numpy(), best_obj, "torch"
+    )

@@ -1,0 +1,79 @@
+"""Prototypical contrast: PCL's ProtoNCE (HCSC Eq. 2), the baseline PCSC builds on."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hierclr.clustering.prototypes import Prototypes
+from hierclr.losses.selection import NegativeDrop, apply_negative_mask
+
+
+def batch_negative_candidates(pos: Tensor, num_prototypes: int) -> Tensor:
+    """``(M,)`` bool: prototypes that are no sample's positive, the batch-shared negative candidates.
+
+    The reference code builds this set from ``range(max assignment)`` and so also loses the highest
+    prototype id (an off-by-one later fixed in PCL); hierclr always uses every prototype.
+    """
+    cand = torch.ones(num_prototypes, dtype=torch.bool, device=pos.device)
+    cand[pos] = False
+    return cand
+
+
+def prototype_logits(
+    q: Tensor,
+    centroids: Tensor,
+    phi: Tensor,
+    pos: Tensor,
+    candidates: Tensor,
+    *,
+    neg_mask: Tensor | None = None,
+    negative_drop: NegativeDrop = "zero",
+) -> Tensor:
+    """``(B, 1 + M)`` logits ``[q.C[pos]/phi[pos], q.C[j]/phi[j] for every j]`` (Eq. 2).
+
+    Column 0 is the positive. Column ``1 + j`` is prototype j as a negative: ``-inf`` (absent) where
+    ``candidates[j]`` is False, dropped per ``negative_drop`` where ``neg_mask[:, j] == 0``. Keeping
+    every prototype as a column (instead of gathering the candidates) avoids a host sync per step.
+    """
+    sim = q @ centroids.T  # (B, M)
+    pos_logit = sim.gather(1, pos[:, None]) / phi[pos][:, None]
+    neg = apply_negative_mask(sim, neg_mask, negative_drop) / phi[None, :]
+    neg = neg.masked_fill(~candidates[None, :], float("-inf"))
+    return torch.cat([pos_logit, neg], dim=1)
+
+
+def cross_entropy_first(logits: Tensor) -> Tensor:
+    """Mean cross-entropy with the positive in column 0."""
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+
+
+def proto_nce_loss(
+    q: Tensor,
+    prototypes: Prototypes,
+    ids: Tensor,
+    *,
+    num_negatives: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict]:
+    """PCL's ProtoNCE prototype term, averaged over the clusterings (levels) of ``prototypes``.
+
+    For each level: positive = the sample's assigned prototype; negatives = prototypes that are no
+    sample's positive, a uniform random subset of ``num_negatives`` of them when given (PCL samples
+    ``r`` negatives); every logit is divided by its prototype's phi (Eq. 2). PCL v2's full loss is
+    ``info_nce + proto_nce_loss`` (see :class:`~hierclr.losses.objective.PCLObjective`).
+    """
+    losses = []
+    for level in range(prototypes.num_levels):
+        C, phi = prototypes.centroids[level], prototypes.phi[level]
+        pos = prototypes.assignments[ids, level]
+        cand = batch_negative_candidates(pos, C.shape[0])
+        if num_negatives is not None:
+            score = torch.rand(C.shape[0], generator=generator, device=C.device if generator is None else generator.device)
+            score = score.to(C.device).masked_fill(~cand, -1.0)
+            keep = torch.zeros_like(cand)
+            keep[score.topk(min(num_negatives, C.shape[0])).indices] = True
+            cand = cand & keep
+        losses.append(cross_entropy_first(prototype_logits(q, C, phi, pos, cand)))
+    level_losses = torch.stack(losses)
+    return level_losses.mean(), {"level_losses": level_losses.detach()}

@@ -1,0 +1,40 @@
+"""hierclr: hierarchical contrastive representation learning (HCSC and friends) at cluster scale on Ray."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+INSTALL_REQUIRES = [
+    # torch 2.15 on PyPI pulls several GB of CUDA packages; stay on the 2.4-2.14 line.
+    "torch>=2.4,<2.15",
+    "torchvision>=0.19,<0.30",
+    "numpy>=1.24",
+    "faiss-cpu>=1.8,<2",
+    "ray[train,data,tune]>=2.50,<3",
+    "pyarrow>=14",
+    "mlflow>=2.16,<4",
+    "scikit-learn>=1.3",
+    "scipy>=1.10",
+    "pydantic>=2.5,<3",
+    "pyyaml>=6",
+]
+
+EXTRAS = {
+    # GPU faiss index for the clustering service (wheels built against CUDA 12).
+    "gpu": ["faiss-gpu-cu12>=1.8,<2"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+}
+
+setup(
+    name="hierclr",
+    version="0.1.0",
+    description="Hierarchical contrastive representation learning (HCSC, VarCon, CLCE, HCAL) on Ray",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hierclr", "hierclr.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["hierclr=hierclr.cli:main"]},
+)
