@@ -1,4 +1,5 @@
 """Evaluation of learned representations: weighted kNN (HCSC Eq. 11) and clustering scores."""
+
 from hierclr.eval.clustering_scores import clustering_scores, hungarian_accuracy
 from hierclr.eval.knn import knn_accuracy, knn_classify, knn_predict
 

@@ -9,6 +9,7 @@ solved with the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``) o
 cluster x class contingency matrix. When the numbers of clusters and classes differ only
 ``min(#clusters, #classes)`` pairs are matched; samples of unmatched clusters count as wrong.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,9 +43,7 @@ def _check_pair(labels: ArrayLike, assignments: ArrayLike) -> tuple[np.ndarray, 
     y = _as_1d(labels, "labels")
     a = _as_1d(assignments, "assignments")
     if y.shape[0] != a.shape[0]:
-        raise ValueError(
-            f"labels and assignments must have the same length, got {y.shape[0]} and {a.shape[0]}"
-        )
+        raise ValueError(f"labels and assignments must have the same length, got {y.shape[0]} and {a.shape[0]}")
     if y.shape[0] == 0:
         raise ValueError("labels and assignments are empty")
     return y, a

@@ -19,18 +19,20 @@ similarity the one kept at the k-th place is whichever ``torch.topk`` (torch bac
 kept. Scores are identical whenever tied samples share a label. Predictions use
 ``torch.argmax``, which returns the lowest class id among equal scores.
 """
+
 from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Iterator, Literal, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["knn_predict", "knn_classify", "knn_accuracy"]
+__all__ = ["knn_accuracy", "knn_classify", "knn_predict"]
 
 ArrayLike = Tensor | np.ndarray
 Backend = Literal["torch", "faiss"]
@@ -43,7 +45,7 @@ _DEFAULT_TRAIN_BLOCK = 16384
 # ---------------------------------------------------------------------------------------------
 def _check_int(value: object, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004 - spec: ValueError
     value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -95,9 +97,7 @@ def _check_label_range(y: Tensor, name: str, num_classes: int) -> None:
         return
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"{name} must lie in [0, num_classes={num_classes}), got values in [{lo}, {hi}]"
-        )
+        raise ValueError(f"{name} must lie in [0, num_classes={num_classes}), got values in [{lo}, {hi}]")
 
 
 def _check_common(
@@ -115,12 +115,11 @@ def _check_common(
         raise ValueError("train_features is empty (0 rows)")
     if train.shape[1] != test.shape[1]:
         raise ValueError(
-            f"feature dimensions differ: train_features has d={train.shape[1]}, "
-            f"test_features has d={test.shape[1]}"
+            f"feature dimensions differ: train_features has d={train.shape[1]}, test_features has d={test.shape[1]}"
         )
     labels = _as_labels(train_labels, "train_labels", train.shape[0], train.device)
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")  # noqa: TRY004
     if not (np.isfinite(float(temperature)) and float(temperature) > 0):
         raise ValueError(f"temperature must be positive and finite, got {temperature!r}")
     chunk = _check_int(chunk_size, "chunk_size")
@@ -174,14 +173,14 @@ def _neighbours_faiss(
     """As :func:`_neighbours_torch` but searched with ``faiss.IndexFlatIP`` (CPU, float32);
     results are returned on ``train.device``."""
     try:
-        import faiss  # noqa: PLC0415 - optional at import time of hierclr.eval
+        import faiss  # imported lazily: only the faiss backend needs it
     except ImportError as exc:  # pragma: no cover - faiss-cpu is a hard dependency
         raise ImportError("backend='faiss' needs the faiss package (faiss-cpu)") from exc
     device = train.device
     n_train, d = train.shape
     index = faiss.IndexFlatIP(d)
     for b0 in range(0, n_train, train_block_size):
-        block = F.normalize(train[b0:b0 + train_block_size].float(), dim=1)
+        block = F.normalize(train[b0 : b0 + train_block_size].float(), dim=1)
         index.add(np.ascontiguousarray(block.cpu().numpy(), dtype=np.float32))
     for start in range(0, test.shape[0], chunk_size):
         end = min(start + chunk_size, test.shape[0])

@@ -63,7 +63,7 @@ def proto_nce_loss(
     ``r`` negatives); every logit is divided by its prototype's phi (Eq. 2). PCL v2's full loss is
     ``info_nce + proto_nce_loss`` (see :class:`~hierclr.losses.objective.PCLObjective`).
     """
-    losses = []
+    losses, used = [], []
     for level in range(prototypes.num_levels):
         C, phi = prototypes.centroids[level], prototypes.phi[level]
         pos = prototypes.assignments[ids, level]
@@ -74,6 +74,7 @@ def proto_nce_loss(
             keep = torch.zeros_like(cand)
             keep[score.topk(min(num_negatives, C.shape[0])).indices] = True
             cand = cand & keep
+        used.append(cand)
         losses.append(cross_entropy_first(prototype_logits(q, C, phi, pos, cand)))
     level_losses = torch.stack(losses)
-    return level_losses.mean(), {"level_losses": level_losses.detach()}
+    return level_losses.mean(), {"level_losses": level_losses.detach(), "candidates": used}

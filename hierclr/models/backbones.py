@@ -6,9 +6,9 @@ trunk itself outputs the 512-/2048-d average-pooled features that kNN and linear
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-import torch.nn as nn
+from torch import nn
 from torchvision.models import ResNet, resnet18, resnet50
 
 # name -> torchvision constructor; the feature dimension is read from the built model's fc.
@@ -36,7 +36,9 @@ def build_backbone(
     No pretrained weights are ever downloaded.
     """
     if name not in _RESNETS:
-        raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(BACKBONE_NAMES)}")
+        raise ValueError(
+            f"unknown backbone {name!r}; allowed: {', '.join(BACKBONE_NAMES)}"
+        )
     model = _RESNETS[name](weights=None, zero_init_residual=zero_init_residual)
     feature_dim = model.fc.in_features
     model.fc = nn.Identity()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
+from torch import nn
 
 
 class MLPHead(nn.Sequential):
@@ -15,7 +15,11 @@ class MLPHead(nn.Sequential):
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
-        for field, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
+        for field, value in (
+            ("in_dim", in_dim),
+            ("hidden_dim", hidden_dim),
+            ("out_dim", out_dim),
+        ):
             if value <= 0:
                 raise ValueError(f"MLPHead {field} must be > 0, got {value}")
         super().__init__(

@@ -15,8 +15,8 @@ import copy
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from hierclr.models.backbones import build_backbone
 from hierclr.models.heads import MLPHead
@@ -91,10 +91,14 @@ class MoCo(nn.Module):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if hidden_dim is not None and hidden_dim <= 0:
-            raise ValueError(f"hidden_dim must be > 0 (or None for the feature dim), got {hidden_dim}")
+            raise ValueError(
+                f"hidden_dim must be > 0 (or None for the feature dim), got {hidden_dim}"
+            )
 
         trunk, feature_dim = build_backbone(backbone, cifar_stem=cifar_stem)
-        head = MLPHead(feature_dim, hidden_dim if hidden_dim is not None else feature_dim, dim)
+        head = MLPHead(
+            feature_dim, hidden_dim if hidden_dim is not None else feature_dim, dim
+        )
         self.encoder_q = Encoder(trunk, head)
         # The key encoder starts as an exact copy and is only ever moved by momentum_update().
         self.encoder_k = copy.deepcopy(self.encoder_q)
@@ -106,7 +110,9 @@ class MoCo(nn.Module):
 
         # Random unit-norm keys stand in until the queue has been filled once.
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
-        self.register_buffer("queue_ids", torch.full((queue_size,), -1, dtype=torch.long))
+        self.register_buffer(
+            "queue_ids", torch.full((queue_size,), -1, dtype=torch.long)
+        )
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
     @property
@@ -127,7 +133,9 @@ class MoCo(nn.Module):
         official MoCo/HCSC code.
         """
         m = self.momentum
-        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+        for param_q, param_k in zip(
+            self.encoder_q.parameters(), self.encoder_k.parameters()
+        ):
             param_k.mul_(m).add_(param_q.detach(), alpha=1.0 - m)
 
     @torch.no_grad()
@@ -140,7 +148,9 @@ class MoCo(nn.Module):
         it. Keys are stored as given (the model's keys are already L2-normalised).
         """
         if keys.ndim != 2 or keys.shape[1] != self.dim:
-            raise ValueError(f"keys must have shape (B, {self.dim}), got {tuple(keys.shape)}")
+            raise ValueError(
+                f"keys must have shape (B, {self.dim}), got {tuple(keys.shape)}"
+            )
         if ids.shape != (keys.shape[0],):
             raise ValueError(
                 f"ids must have shape ({keys.shape[0]},) to match keys, got {tuple(ids.shape)}"
@@ -180,7 +190,9 @@ class MoCo(nn.Module):
             return self._batch_unshuffle(k, idx_unshuffle)
         return F.normalize(self.encoder_k(x), dim=1)
 
-    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, im_q: torch.Tensor, im_k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(q, k)``: queries with gradient; keys from the freshly momentum-updated encoder."""
         q = self.forward_query(im_q)
         with torch.no_grad():
@@ -219,7 +231,9 @@ class MoCo(nn.Module):
         return x_all[idx_shuffle.view(world, -1)[rank]], idx_unshuffle
 
     @torch.no_grad()
-    def _batch_unshuffle(self, x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    def _batch_unshuffle(
+        self, x: torch.Tensor, idx_unshuffle: torch.Tensor
+    ) -> torch.Tensor:
         """Undo ``_batch_shuffle``: return the rows of this rank's original samples, in order."""
         x_all = concat_all_gather(x)
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -234,4 +248,3 @@ class MoCo(nn.Module):
             raise ValueError(
                 f"shuffle-BN needs the same batch size on every rank, got {sizes.tolist()}"
             )
-

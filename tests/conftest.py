@@ -1,0 +1,57 @@
+"""Shared fixtures: seeded RNG, small planted-hierarchy data, the real-data location."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def planted_hierarchy(
+    rng: np.random.Generator, branching=(4, 3, 4), per_leaf: int = 40, dim: int = 32, spreads=(0.6, 0.25, 0.04)
+):
+    """Unit-norm points around leaves around sub-centres around centres (coarsest first).
+
+    Returns ``(points (N, dim) float32, labels (N, 3))`` with labels finest level first, matching
+    the prototype levels of ``hierarchical_kmeans``.
+    """
+    n_top, n_mid, n_leaf = branching
+    points, labels = [], []
+    for a in range(n_top):
+        top = _unit(rng.standard_normal(dim))
+        for b in range(n_mid):
+            mid = _unit(top + spreads[0] * _unit(rng.standard_normal(dim)))
+            for c in range(n_leaf):
+                leaf = _unit(mid + spreads[1] * _unit(rng.standard_normal(dim)))
+                pts = _unit(leaf + spreads[2] * rng.standard_normal((per_leaf, dim)))
+                points.append(pts)
+                fine = (a * n_mid + b) * n_leaf + c
+                labels.append(np.tile([fine, a * n_mid + b, a], (per_leaf, 1)))
+    return np.concatenate(points).astype(np.float32), np.concatenate(labels)
+
+
+@pytest.fixture
+def planted(rng):
+    return planted_hierarchy(rng)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """``$HIERCLR_TEST_DATA`` (set by .ci/run to ../shared/data); skips where it is absent."""
+    root = os.environ.get("HIERCLR_TEST_DATA")
+    if not root or not Path(root).is_dir():
+        pytest.skip("HIERCLR_TEST_DATA is not set or missing: real-data test skipped")
+    return Path(root)
