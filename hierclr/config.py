@@ -52,7 +52,7 @@ class HCSCLossConfig(_Section):
     selection_on_local: bool = Field(True, description="multi-crop: local views reuse the instance masks")
 
     @model_validator(mode="after")
-    def _some_loss(self) -> "HCSCLossConfig":
+    def _some_loss(self) -> HCSCLossConfig:
         if not (self.instance_loss or self.prototype_loss):
             raise ValueError("instance_loss and prototype_loss are both off: the objective would be empty")
         return self
@@ -76,7 +76,7 @@ class HCSCConfig(_Section):
     loss: HCSCLossConfig = HCSCLossConfig()
 
     @classmethod
-    def preset(cls, compat: Literal["official", "paper"], **sections) -> "HCSCConfig":
+    def preset(cls, compat: Literal["official", "paper"], **sections) -> HCSCConfig:
         """``official``: the authors' code. ``paper``: remove dropped negatives, mean over instance
         levels (Eq. 6), drop clusters under 10 images (Sec. 5.1). Explicit ``sections`` win."""
         if compat == "paper":

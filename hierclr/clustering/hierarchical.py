@@ -1,8 +1,9 @@
 """Hierarchical K-means (HCSC Alg. 1) producing the epoch's :class:`Prototypes`."""
 from __future__ import annotations
 
+import itertools
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ def validate_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     for s in sizes:
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
             raise ValueError(f"hierarchy sizes must be positive integers, got {list(sizes)}")
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         if b >= a:
             raise ValueError(
                 f"hierarchy sizes must be strictly decreasing from the finest level, got {list(sizes)} "

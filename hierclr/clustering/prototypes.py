@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -95,9 +95,9 @@ class Prototypes:
         """Number of samples assigned to each prototype of ``level`` (zeros included)."""
         return torch.bincount(self.assignments[:, level], minlength=self.sizes[level])
 
-    def to(self, device: torch.device | str) -> "Prototypes":
+    def to(self, device: torch.device | str) -> Prototypes:
         """A copy on ``device`` (the object itself is immutable)."""
-        move = lambda ts: tuple(t.to(device) for t in ts)  # noqa: E731
+        move = lambda ts: tuple(t.to(device) for t in ts)
         return Prototypes(
             centroids=move(self.centroids),
             parents=move(self.parents),
@@ -106,7 +106,7 @@ class Prototypes:
             epoch=self.epoch,
         )
 
-    def truncate(self, num_levels: int) -> "Prototypes":
+    def truncate(self, num_levels: int) -> Prototypes:
         """The finest ``num_levels`` levels only (e.g. 1 for the single-level ablation)."""
         if not 1 <= num_levels <= self.num_levels:
             raise ValueError(f"truncate: num_levels must be in [1, {self.num_levels}], got {num_levels}")
@@ -131,7 +131,7 @@ class Prototypes:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "Prototypes":
+    def from_state_dict(cls, state: dict) -> Prototypes:
         version = state.get("format_version")
         if version != _FORMAT_VERSION:
             raise ValueError(f"Prototypes: unsupported format_version {version!r} (expected {_FORMAT_VERSION})")
@@ -161,7 +161,7 @@ class Prototypes:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Prototypes":
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Prototypes:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Prototypes file not found: {path}")

@@ -5,7 +5,7 @@ notebook run exactly the step that the cluster runs.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn

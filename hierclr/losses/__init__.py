@@ -2,7 +2,7 @@
 from hierclr.losses.hcsc import icsc_loss, pcsc_loss
 from hierclr.losses.infonce import info_nce
 from hierclr.losses.objective import HCSCObjective, PCLObjective
-from hierclr.losses.protonce import batch_negative_candidates, prototype_logits, proto_nce_loss
+from hierclr.losses.protonce import batch_negative_candidates, proto_nce_loss, prototype_logits
 from hierclr.losses.selection import (
     apply_negative_mask,
     bernoulli_mask,

@@ -7,7 +7,8 @@ and the kept fraction per level (detached tensors: no host sync here).
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor

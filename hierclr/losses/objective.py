@@ -1,7 +1,7 @@
 """Training objectives: HCSC (Eq. 10) with warm-up and the Table 5 ablations, and PCL v2."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -84,7 +84,7 @@ class HCSCObjective:
         cfg = self.cfg
         if not cfg.instance_selection:
             return sum((info_nce(v, k, queue, cfg.temperature) for v in (q, *local_q)), q.new_zeros(()))
-        kw = dict(temperature=cfg.temperature, negative_drop=cfg.negative_drop, level_reduction=cfg.instance_level_reduction)
+        kw = {"temperature": cfg.temperature, "negative_drop": cfg.negative_drop, "level_reduction": cfg.instance_level_reduction}
         inst, info = icsc_loss(q, k, queue, protos, ids, generator=generator, **kw)
         for level, (l, f) in enumerate(zip(info["level_losses"], info["kept_fraction"])):
             metrics[f"loss/instance_l{level}"] = l
@@ -109,7 +109,7 @@ class PCLObjective:
         metrics = {"loss/instance": inst.detach()}
         loss = inst
         if prototypes is not None:
-            proto, info = proto_nce_loss(q, prototypes, ids, num_negatives=self.num_negatives, generator=generator)
+            proto, _ = proto_nce_loss(q, prototypes, ids, num_negatives=self.num_negatives, generator=generator)
             metrics["loss/prototype"] = proto.detach()
             loss = loss + proto
         metrics["loss/total"] = loss.detach()
