@@ -10,7 +10,7 @@ import torch
 
 from hierclr.clustering.arrays import as_numpy
 from hierclr.clustering.concentration import concentration_from_distances
-from hierclr.clustering.kmeans import Backend, assign, kmeans
+from hierclr.clustering.kmeans import Backend, assign, kmeans, resolve_backend
 from hierclr.clustering.prototypes import Prototypes, compose_assignments
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,12 @@ def hierarchical_kmeans(
     sizes = validate_sizes(sizes)
     if min_cluster_size < 0:
         raise ValueError(f"min_cluster_size must be >= 0, got {min_cluster_size}")
-    x = as_numpy(features, np.float32, "features")
+    if isinstance(features, torch.Tensor) and resolve_backend(backend, device)[0] == "torch":
+        x = features.detach()  # stays on its device: no GPU -> CPU -> GPU round trip
+        if not torch.isfinite(x).all():
+            raise ValueError("features contain NaN or inf values")
+    else:
+        x = as_numpy(features, np.float32, "features")
     if x.ndim != 2 or x.shape[1] < 1:
         raise ValueError(f"features must be a 2-D (N, d) array, got shape {x.shape}")
     if x.shape[0] < sizes[0]:

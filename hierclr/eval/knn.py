@@ -141,6 +141,7 @@ def _neighbours_torch(
     sorted by decreasing cosine similarity, computed on ``train.device``."""
     device = train.device
     n_train = train.shape[0]
+    train = F.normalize(train, dim=1)  # once, not once per test chunk
     for start in range(0, test.shape[0], chunk_size):
         end = min(start + chunk_size, test.shape[0])
         q = F.normalize(test[start:end].to(device), dim=1)
@@ -148,8 +149,7 @@ def _neighbours_torch(
         best_idx: Tensor | None = None
         for b0 in range(0, n_train, train_block_size):
             b1 = min(b0 + train_block_size, n_train)
-            keys = F.normalize(train[b0:b1], dim=1)
-            sims = q @ keys.T  # (rows, block)
+            sims = q @ train[b0:b1].T  # (rows, block)
             kb = min(k, b1 - b0)
             s, i = torch.topk(sims, kb, dim=1, largest=True, sorted=True)
             i = i + b0

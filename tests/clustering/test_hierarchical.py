@@ -76,3 +76,16 @@ def test_fewer_points_than_clusters_and_nan():
     x[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         hierarchical_kmeans(x, [5])
+
+
+def test_torch_backend_keeps_tensor_input_and_matches_numpy_input(planted):
+    points, _ = planted
+    a = hierarchical_kmeans(points, [20, 6], nredo=2, backend="torch")
+    b = hierarchical_kmeans(torch.from_numpy(points), [20, 6], nredo=2, backend="torch")
+    assert torch.equal(a.assignments, b.assignments)
+    for x, y in zip(a.centroids + a.phi, b.centroids + b.phi):
+        torch.testing.assert_close(x, y)
+    bad = torch.from_numpy(points).clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        hierarchical_kmeans(bad, [5], backend="torch")
