@@ -11,13 +11,15 @@ INSTALL_REQUIRES = [
     "torchvision>=0.19,<0.30",
     "numpy>=1.24",
     "faiss-cpu>=1.8,<2",
-    "ray[train,data,tune]>=2.50,<3",
+    "ray[train,data,tune]>=2.60,<3",  # RandomSeedConfig (per-epoch reseeding) is used by the streams
     "pyarrow>=14",
     "mlflow>=2.16,<4",
     "scikit-learn>=1.3",
     "scipy>=1.10",
     "pydantic>=2.5,<3",
     "pyyaml>=6",
+    "pillow>=10",
+    "tqdm>=4.60",
 ]
 
 EXTRAS = {

@@ -55,3 +55,17 @@ def shared_data_dir() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip("HIERCLR_TEST_DATA is not set or missing: real-data test skipped")
     return Path(root)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session, with explicit logical CPUs (the machine has 2 cores)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    yield ray
+    ray.shutdown()

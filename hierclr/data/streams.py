@@ -1,0 +1,234 @@
+"""The two streams the trainer reads: ``train`` (shuffled, augmented views) and ``embed`` (eval
+transform, deterministic order), built on :class:`~hierclr.data.source.ShardSource` with Ray Data.
+
+Randomness is per row: the crops and photometric parameters of image ``id`` in epoch ``e`` come from
+``np.random.default_rng([seed, e, id, stage])``, so they do not depend on how rows meet in batches,
+on the number of CPU tasks, or on whether colour ops run in a CPU task or on the trainer's GPU
+(``augment_on="device"``: the CPU ships uint8 crops, :func:`finish_views` does the rest on device).
+The epoch of a CPU task is the dataset's execution count (Ray increments it per pass) plus
+``epoch_offset`` set with :meth:`ImageStream.set_epoch_offset` when a run resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from hierclr.data.bad_images import BadImage, BadImageBudget
+from hierclr.data.decode import CorruptImageError, decode_rgb
+from hierclr.data.source import ShardSource
+from hierclr.data.transforms import (
+    AugmentConfig,
+    MultiViewAugment,
+    PhotometricParams,
+    TransformConfig,
+    apply_photometric,
+    eval_transform,
+    sample_photometric_params,
+)
+
+EPOCH_OFFSET_KEY = "hierclr.epoch_offset"
+CROP_STAGE, PHOTOMETRIC_STAGE = 0, 1
+
+
+class StreamConfig(BaseModel):
+    """How the streams decode and augment (transform values themselves are in ``transforms``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transforms: TransformConfig = TransformConfig()
+    batch_size: int = Field(64, ge=1, description="rows per decode/augment task batch")
+    num_cpus: int = Field(1, ge=1, description="CPU budget of the Ray Data pipeline (tasks run in parallel up to it)")
+    augment_on: Literal["cpu", "device"] = Field(
+        "cpu", description="cpu: full augmentation in Ray Data tasks; device: CPU crops, colour ops on the worker")
+    seed: int = 0
+    shuffle: bool = True
+    max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0, description="undecodable images tolerated, per dataset")
+
+
+def row_rng(seed: int, epoch: int, row_id: int, stage: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, int(row_id), stage])
+
+
+def row_generator(seed: int, epoch: int, row_id: int) -> torch.Generator:
+    rng = row_rng(seed, epoch, row_id, PHOTOMETRIC_STAGE)
+    return torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+
+
+def stream_epoch() -> int:
+    """The epoch a Ray Data task belongs to: executions of its dataset so far + the resume offset."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    return int(ctx.get_config(EPOCH_OFFSET_KEY, 0)) + int(getattr(ctx, "_execution_idx", 0))
+
+
+def row_photometric_params(ids, num_views: int, cfg: AugmentConfig, seed: int, epoch: int) -> list[PhotometricParams]:
+    """Per view, the stacked per-row parameters (each row drawn from its own generator)."""
+    per_row = [sample_photometric_params(num_views, cfg, row_generator(seed, epoch, i), "cpu") for i in ids]
+    names = [f.name for f in dataclasses.fields(PhotometricParams)]
+    return [PhotometricParams(**{n: torch.stack([getattr(p, n)[v] for p in per_row]) for n in names})
+            for v in range(num_views)]
+
+
+def finish_views(batch: dict, transforms: TransformConfig, *, augment_on: str, device="cpu", seed: int = 0,
+                 epoch: int | None = None, num_views: int | None = None) -> list[torch.Tensor]:
+    """The model's float inputs from a train batch: normalise CPU-augmented uint8 views, or (with
+    ``augment_on="device"``) apply the per-row photometric ops to the shipped crops on ``device`` first."""
+    aug = MultiViewAugment(transforms.train)
+    v = num_views or aug.num_views
+    views = [torch.as_tensor(batch[f"view{i}"]).to(device, non_blocking=True) for i in range(v)]
+    if augment_on == "cpu":
+        return [aug.normalize(x.float() / 255.0) for x in views]
+    if epoch is None:
+        raise ValueError("augment_on='device' needs the epoch, which seeds the per-row photometric parameters")
+    ids = torch.as_tensor(batch["id"]).tolist()
+    params = row_photometric_params(ids, v, transforms.train, seed, epoch)
+    return [aug.normalize(apply_photometric(x, p.to(x.device), transforms.train))
+            for x, p in zip(views, params)]
+
+
+def _decode_rows(batch: dict, ledger) -> tuple[list[int], list[torch.Tensor]]:
+    keep, images, bad = [], [], []
+    for i, data in enumerate(batch["image"]):
+        try:
+            images.append(decode_rgb(data))
+            keep.append(i)
+        except CorruptImageError as e:
+            bad.append(BadImage(int(batch["id"][i]), str(batch["shard"][i]), str(e)))
+    if bad:
+        import ray
+
+        ray.get(ledger.record.remote(bad))  # raises TooManyBadImagesError past the budget
+    return keep, images
+
+
+def _meta(batch: dict, keep: list[int]) -> dict:
+    return {"id": np.asarray(batch["id"])[keep], "label": np.asarray(batch["label"])[keep],
+            "labels": np.asarray(batch["labels"])[keep].reshape(len(keep), -1)}
+
+
+def _train_task(batch: dict, *, transforms: TransformConfig, augment_on: str, seed: int, ledger) -> dict:
+    torch.set_num_threads(1)
+    epoch = stream_epoch()
+    keep, images = _decode_rows(batch, ledger)
+    out = _meta(batch, keep)
+    aug = MultiViewAugment(transforms.train)
+    perm = row_rng(seed, epoch, int(out["id"][0]) if len(keep) else 0, 2).permutation(len(keep))
+    out = {k: v[perm] for k, v in out.items()}  # in-batch shuffle (cheap; block order is shuffled per epoch too)
+    images = [images[i] for i in perm]
+    crops = [aug.crop(img, row_rng(seed, epoch, i, CROP_STAGE)) for img, i in zip(images, out["id"])]
+    params = row_photometric_params(out["id"], aug.num_views, transforms.train, seed, epoch) if augment_on == "cpu" else None
+    for v, size in enumerate(aug.view_sizes):
+        x = torch.stack([c[v] for c in crops]) if crops else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+        if params is not None and len(crops):
+            x = aug.to_uint8(apply_photometric(x, params[v], transforms.train))
+        out[f"view{v}"] = x.numpy()
+    return out
+
+
+def _embed_task(batch: dict, *, transforms: TransformConfig, ledger) -> dict:
+    torch.set_num_threads(1)
+    keep, images = _decode_rows(batch, ledger)
+    out = _meta(batch, keep)
+    c = transforms.eval.crop
+    x = torch.stack([eval_transform(img, transforms.eval) for img in images]) if images else torch.zeros(0, 3, c, c)
+    out["image"] = x.to(torch.uint8).numpy()
+    return out
+
+
+@dataclass(eq=False)
+class ImageStream:
+    """A stream of batches for the trainer, with its bad-image ledger and how to split it."""
+
+    kind: Literal["train", "embed"]
+    dataset: object  # ray.data.Dataset
+    source: ShardSource
+    config: StreamConfig
+    ledger: object = field(repr=False)  # Ray actor handle holding a BadImageBudget
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        if self.kind == "embed":
+            return ("image",)
+        return tuple(f"view{i}" for i in range(MultiViewAugment(self.config.transforms.train).num_views))
+
+    def bad_images(self) -> list[BadImage]:
+        import ray
+
+        return ray.get(self.ledger.report.remote())
+
+    def set_epoch_offset(self, epoch: int) -> None:
+        """Continue the per-epoch seeds at ``epoch`` (a resumed run sees the augmentations it would have)."""
+        self.dataset.context.set_config(EPOCH_OFFSET_KEY, int(epoch))
+
+    def split(self, n: int):
+        """``n`` iterators for ``n`` workers: train rows are split equally (DDP needs equal step counts;
+        up to n-1 rows are left out per epoch); embed rows are all kept, each exactly once."""
+        return self.dataset.streaming_split(n, equal=self.kind == "train")
+
+
+def _ledger(source: ShardSource, cfg: StreamConfig, kind: str):
+    import ray
+
+    actor = ray.remote(num_cpus=0)(BadImageBudget)
+    return actor.options(name=f"hierclr-bad-images-{kind}-{uuid.uuid4().hex[:8]}").remote(
+        source.num_rows, cfg.max_bad_fraction, source.uri)
+
+
+def _budget(ds, cfg: StreamConfig):
+    from ray.data import ExecutionResources
+
+    ds.context.execution_options.resource_limits = ExecutionResources(cpu=cfg.num_cpus)
+    return ds
+
+
+def train_stream(source: ShardSource, cfg: StreamConfig | None = None) -> ImageStream:
+    """Shuffled (unit order per epoch + within batches), decoded, two-view (or multi-crop) augmented rows:
+    ``view0..viewV-1`` uint8 ``(3, S, S)``, ``id``, ``label``, ``labels``."""
+    cfg = cfg or StreamConfig()
+    ledger = _ledger(source, cfg, "train")
+    ds = source.read(shuffle_seed=cfg.seed if cfg.shuffle else None)
+    ds = ds.map_batches(_train_task, batch_size=cfg.batch_size, num_cpus=1,
+                        fn_kwargs={"transforms": cfg.transforms, "augment_on": cfg.augment_on, "seed": cfg.seed,
+                                   "ledger": ledger})
+    return ImageStream("train", _budget(ds, cfg), source, cfg, ledger)
+
+
+def embed_stream(source: ShardSource, cfg: StreamConfig | None = None) -> ImageStream:
+    """Every row once, in a deterministic order, eval-transformed: ``image`` uint8, ``id``, ``label``, ``labels``."""
+    cfg = cfg or StreamConfig()
+    ledger = _ledger(source, cfg, "embed")
+    ds = source.read(shuffle_seed=None)
+    ds = ds.map_batches(_embed_task, batch_size=cfg.batch_size, num_cpus=1,
+                        fn_kwargs={"transforms": cfg.transforms, "ledger": ledger})
+    ds = _budget(ds, cfg)
+    ds.context.execution_options.preserve_order = True
+    return ImageStream("embed", ds, source, cfg, ledger)
+
+
+def train_data_config(embed_name: str = "embed"):
+    """A Ray Train ``DataConfig`` that splits ``train`` equally and ``embed`` without dropping rows."""
+    from ray.train import DataConfig
+
+    class _HierclrDataConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            output = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)  # keeps the stream's own CPU budget and order options
+                user_options = self._get_user_execution_options(name)
+                if user_options is not None:
+                    ds.context.execution_options = user_options
+                if name == embed_name:
+                    ds.context.execution_options.preserve_order = True
+                splits = ds.streaming_split(world_size, equal=name != embed_name)
+                for i, s in enumerate(splits):
+                    output[i][name] = s
+            return output
+
+    return _HierclrDataConfig()

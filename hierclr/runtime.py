@@ -1,0 +1,20 @@
+"""Start or join Ray the same way from every entry point.
+
+Under ``ray job submit`` (``RAY_ADDRESS`` set) or inside a Ray worker we join the running cluster and
+must not pass resources; on a laptop or CI we start a local instance with an explicit CPU count,
+because Ray on a small machine otherwise waits forever for resources that are not there.
+"""
+from __future__ import annotations
+
+import os
+
+
+def ensure_ray(num_cpus: int | None = None, **kwargs) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
