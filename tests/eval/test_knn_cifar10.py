@@ -37,7 +37,7 @@ def cifar10(shared_data_dir, tmp_path_factory):
     xte, yte = load("test")
     mean = (xtr.reshape(-1, 3) / 255.0).mean(0)
     std = (xtr.reshape(-1, 3) / 255.0).std(0)
-    flat = lambda x: torch.from_numpy(((x / 255.0 - mean) / std).reshape(len(x), -1).astype(np.float32))  # noqa: E731
+    flat = lambda x: torch.from_numpy(((x / 255.0 - mean) / std).reshape(len(x), -1).astype(np.float32))
     edges = [line.split("\t") for line in (shared_data_dir / "cifar10-hierarchy.tsv").read_text().splitlines()[1:]]
     parent = {c.strip(): p.strip() for c, p in edges}
     domain = [parent[parent[name]] for name in classes]  # class -> group -> domain

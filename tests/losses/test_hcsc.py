@@ -2,8 +2,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from references import hcsc_reference as ref
+
 from hierclr.clustering import Prototypes, compose_assignments
 from hierclr.losses import icsc_loss, instance_keep_prob, pcsc_loss, proto_nce_loss, prototype_keep_prob
 

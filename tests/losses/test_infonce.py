@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from references import hcsc_reference as ref
+
 from hierclr.losses import info_nce
 
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from references import hcsc_reference as ref
+
 from hierclr.losses import apply_negative_mask, bernoulli_mask, instance_keep_prob, prototype_keep_prob
 
 
