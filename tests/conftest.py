@@ -69,3 +69,17 @@ def ray_session():
     ctx.print_on_execution_start = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpg_root(shared_data_dir, tmp_path_factory) -> Path:
+    """The real CIFAR-10 JPEG tree (``cifar10-jpg/{train,test}/<class>/*.jpg``), extracted once per session."""
+    import tarfile
+
+    archive = shared_data_dir / "cifar10-jpg.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"{archive} is missing")
+    out = tmp_path_factory.mktemp("cifar10")
+    with tarfile.open(archive) as tar:
+        tar.extractall(out, filter="data")
+    return out / "cifar10-jpg"

@@ -3,8 +3,6 @@
 shared/data/README: kNN (k=20, cosine, raw standardised pixels, vote exp(sim/0.07)) train -> test
 top-1 = 45.8%; vehicle-vs-animal = 84.0%.
 """
-import tarfile
-
 import numpy as np
 import pytest
 import torch
@@ -14,14 +12,8 @@ from hierclr.eval import knn_accuracy, knn_classify
 
 
 @pytest.fixture(scope="module")
-def cifar10(shared_data_dir, tmp_path_factory):
-    archive = shared_data_dir / "cifar10-jpg.tar.gz"
-    if not archive.is_file():
-        pytest.skip(f"{archive} is missing")
-    out = tmp_path_factory.mktemp("cifar10")
-    with tarfile.open(archive) as tar:
-        tar.extractall(out, filter="data")
-    root = out / "cifar10-jpg"
+def cifar10(cifar10_jpg_root, shared_data_dir):
+    root = cifar10_jpg_root
     classes = sorted(p.name for p in (root / "train").iterdir())
 
     def load(split):
