@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--subset-file", dest="subset_file", help="keep only the listed train files (1percent.txt)")
     prep.add_argument("--val-annotations", dest="val_annotations", help="file -> class list for a flat val folder")
     prep.add_argument("--hierarchy", help="label hierarchy: JSON or `child parent` edge list")
+    prep.add_argument("--hierarchy-depths", dest="hierarchy_depths", type=_sizes,
+                      help="cut an edge-list tree at these depths from the root, e.g. 4,2")
+    prep.add_argument("--hierarchy-order", dest="hierarchy_order", choices=("child_parent", "parent_child"))
     prep.add_argument("--download", action="store_true", default=None, help="download CIFAR into SOURCE (internet)")
     prep.add_argument("--no-verify", dest="verify", action="store_false", default=None,
                       help="do not decode every image in the scan pass")

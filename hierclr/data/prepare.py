@@ -54,6 +54,10 @@ class PrepareConfig(BaseModel):
     subset_file: str | None = Field(None, description="keep only these train files (e.g. ImageNet 1percent.txt)")
     val_annotations: str | None = Field(None, description="labels of a flat val folder (file -> class)")
     hierarchy: str | None = Field(None, description="label hierarchy: JSON or a `child parent` edge list")
+    hierarchy_depths: tuple[int, ...] | None = Field(
+        None, description="cut an edge-list tree (e.g. WordNet) at these depths from the root; default: full paths")
+    hierarchy_order: Literal["child_parent", "parent_child"] = Field(
+        "child_parent", description="column order of the edge list (ImageNet's wordnet.is_a.txt is parent_child)")
     download: bool = Field(False, description="download the CIFAR archive into `source` (needs internet)")
     verify: bool = Field(True, description="decode every image in the scan pass")
     max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0)
@@ -185,13 +189,19 @@ def _plan_cifar(src: Location, cfg: PrepareConfig) -> list[SplitPlan]:
     if archive.name == "cifar100":
         hierarchy = _cifar100_hierarchy(archive)
     else:
-        hierarchy = load_hierarchy(cfg.hierarchy, classes=archive.classes) if cfg.hierarchy else None
+        hierarchy = _load_hierarchy(cfg, archive.classes) if cfg.hierarchy else None
     plans = []
     for name, split in archive.splits.items():
         keys = [f"{i:05d}_{f}" for i, f in enumerate(split.filenames)]
         plans.append(SplitPlan(name, keys, split.labels.astype(np.int64), archive.classes, hierarchy,
                                ArrayLoader(ray.put(split.images))))
     return plans
+
+
+def _load_hierarchy(cfg: PrepareConfig, classes: tuple[str, ...]) -> LabelHierarchy:
+    if cfg.hierarchy.lower().endswith(".json"):
+        return load_hierarchy(cfg.hierarchy, classes=classes)
+    return load_hierarchy(cfg.hierarchy, classes=classes, depths=cfg.hierarchy_depths, order=cfg.hierarchy_order)
 
 
 def _cifar100_hierarchy(archive) -> LabelHierarchy:
@@ -237,7 +247,9 @@ def _plan_folder(src: Location, cfg: PrepareConfig) -> list[SplitPlan]:
         if listing.classes and classes is None:
             classes = listing.classes  # later splits (val) use train's class order
         plans.append(SplitPlan(name, list(listing.keys), listing.labels, listing.classes, None, FolderLoader(root)))
-    hierarchy = load_hierarchy(cfg.hierarchy, classes=classes) if cfg.hierarchy and classes else None
+    if cfg.hierarchy and not classes:
+        raise DataFormatError(f"a hierarchy was given but {src.uri} has no class directories to attach it to")
+    hierarchy = _load_hierarchy(cfg, classes) if cfg.hierarchy else None
     for p in plans:
         p.hierarchy = hierarchy
     return plans
