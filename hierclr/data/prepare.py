@@ -305,10 +305,10 @@ def _write_shard(out: Location, file: str, loader, keys: list[str], indices: lis
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression="none", row_group_size=256, write_statistics=False)
     data = buf.getvalue().to_pybytes()
-    sizes = np.array([probe(b)[1:] for b in images], dtype=np.int64)
+    probes = [probe(b) for b in images]
+    sizes = np.array([p[1:] for p in probes], dtype=np.int64)
     formats: dict[str, int] = {}
-    for b in images:
-        f = probe(b)[0]
+    for f, _, _ in probes:
         formats[f] = formats.get(f, 0) + 1
     record = {"file": file, "rows": len(keys), "first_id": first_id, "bytes": len(data),
               "sha256": hashlib.sha256(data).hexdigest(), "plan": plan_hash,

@@ -166,3 +166,45 @@ def test_split_across_workers(tmp_path, ray_session):
     assert len(parts[0]) == len(parts[1]) == 13 and not set(parts[0]) & set(parts[1])  # equal, disjoint
     parts = _consume(embed_stream(src, cfg).split(2))
     assert sorted(parts[0] + parts[1]) == list(range(27))  # embed keeps every row exactly once
+
+
+@pytest.mark.timeout(600)
+def test_ray_train_workers_get_their_splits(tmp_path, ray_session):
+    """Through a real TorchTrainer with 2 workers: train rows split equally, embed rows all kept."""
+    import json
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from hierclr.data.streams import train_data_config
+
+    make_image_folder(tmp_path / "train", per_class=9)  # 27 rows
+    src = open_source(tmp_path / "train")
+    cfg = StreamConfig(transforms=CIFAR, batch_size=5, num_cpus=1)
+
+    def _train_loop(config):
+        import json as _json
+
+        import ray.train
+
+        rank = ray.train.get_context().get_world_rank()
+        seen = {}
+        for name in ("train", "embed"):
+            shard = ray.train.get_dataset_shard(name)
+            seen[name] = [int(i) for b in shard.iter_torch_batches(batch_size=4) for i in b["id"]]
+        with open(f"{config['out']}/rank{rank}.json", "w") as f:
+            _json.dump(seen, f)
+        ray.train.report({"rows": len(seen["train"])})
+
+    trainer = TorchTrainer(
+        _train_loop, train_loop_config={"out": str(tmp_path)},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        datasets={"train": train_stream(src, cfg).dataset, "embed": embed_stream(src, cfg).dataset},
+        dataset_config=train_data_config(),
+        run_config=RunConfig(storage_path=str(tmp_path / "runs"), name="split"),
+    )
+    trainer.fit()
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert len(seen[0]["train"]) == len(seen[1]["train"]) == 13
+    assert not set(seen[0]["train"]) & set(seen[1]["train"])
+    assert sorted(seen[0]["embed"] + seen[1]["embed"]) == list(range(27))
