@@ -22,12 +22,14 @@ What it measures
 
     Each pipeline first runs a warm-up of ``--warmup-batches`` batches of a throwaway pass (it absorbs process start,
     imports and first-call costs; the time to its first batch is reported as the cold start-up, and for Ray the
-    ``ray.init`` time is reported too), then one *full timed pass* over all images, from creating the iterator to the
-    last batch: ``images/s = images / pass seconds``. Timing the whole pass (instead of from the k-th batch on) keeps
-    output that a pipeline buffered ahead during the first batches from being counted in a window that did not pay
-    for it; the within-pass rate after ``--warmup-batches`` batches is printed as ``steady`` for reference. Every
-    batch is touched (a strided sum over each tensor) so nothing stays lazy. All files are read once beforehand so
-    both pipelines see a warm page cache.
+    ``ray.init`` time is reported too). For Ray the warm-up pass is consumed to its end: abandoning a Ray Data
+    iteration cancels its running tasks, which kills their worker processes, so the next pass would pay for new
+    workers importing torch again (seconds per worker). Then comes one *full timed pass* over all images, from
+    creating the iterator to the last batch: ``images/s = images / pass seconds``. Timing the whole pass (instead of
+    from the k-th batch on) keeps output that a pipeline buffered ahead during the first batches from being counted in
+    a window that did not pay for it; the within-pass rate after ``--warmup-batches`` batches is printed as ``steady``
+    for reference. Every batch is touched (a strided sum over each tensor) so nothing stays lazy. All files are read
+    once beforehand so both pipelines see a warm page cache.
 
 How to run
     python benchmarks/input_pipeline.py                                   # synthetic 1000 ImageNet-like JPEGs
@@ -285,19 +287,18 @@ def machine_cpu_seconds() -> float | None:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for_quiet_host(max_wait_s: float, max_other_cores: float = 0.25) -> float | None:
-    """Wait (up to ``max_wait_s``) until processes outside this tree use < ``max_other_cores`` cores over 1 s;
-    returns the last reading (cores busy elsewhere), None off Linux."""
+def wait_for_quiet_host(max_wait_s: float, max_other_cores: float = 0.25, max_own_cores: float = 0.3) -> None:
+    """Wait (up to ``max_wait_s``) until, over 1 s, processes outside this tree use < ``max_other_cores`` cores and
+    this tree (left-over work of a warm-up pass) < ``max_own_cores``. No-op off Linux."""
     deadline = time.monotonic() + max_wait_s
-    while True:
+    while time.monotonic() < deadline:
         m0, c0 = machine_cpu_seconds(), tree_cpu_seconds()
         time.sleep(1.0)
         m1, c1 = machine_cpu_seconds(), tree_cpu_seconds()
         if m0 is None or m1 is None or c0 is None or c1 is None:
-            return None
-        other = max((m1 - m0) - (c1 - c0), 0.0)
-        if other < max_other_cores or time.monotonic() >= deadline:
-            return other
+            return
+        if (m1 - m0) - (c1 - c0) < max_other_cores and c1 - c0 < max_own_cores:
+            return
 
 
 def touch(batch: dict[str, Any] | Any) -> int:
@@ -339,18 +340,18 @@ class Result:
         return self.images / self.cpu_s if self.cpu_s else None
 
 
-def warm_up(make_iter: Callable[[], Iterable[Any]], batches: int) -> float:
-    """Consume ``max(batches, 1)`` batches of a throwaway pass; returns the seconds to its first batch."""
+def warm_up(make_iter: Callable[[], Iterable[Any]], batches: int, drain: bool = False) -> float:
+    """Consume ``max(batches, 1)`` batches of a throwaway pass (all of it with ``drain``); returns the seconds to
+    its first batch."""
     t0 = time.perf_counter()
     first = None
     it = iter(make_iter())
-    for i in range(max(batches, 1)):
-        try:
-            touch(next(it))
-        except StopIteration:
-            break
+    for i, batch in enumerate(it):
+        touch(batch)
         if i == 0:
             first = time.perf_counter() - t0
+        if i + 1 >= max(batches, 1) and not drain:
+            break
     del it
     gc.collect()
     return first if first is not None else time.perf_counter() - t0
@@ -386,7 +387,7 @@ def run_dataloader(name: str, source: ShardSource, transforms: TransformConfig, 
 
 
 def _wait_ray_idle(cpus: int, timeout_s: float = 60.0) -> None:
-    """Let tasks left over from an abandoned warm-up pass finish before the timed pass starts."""
+    """Wait until all CPUs are free again (no task of the warm-up pass still running) before the timed pass."""
     import ray
 
     deadline = time.monotonic() + timeout_s
@@ -403,7 +404,9 @@ def run_ray(name: str, source: ShardSource, transforms: TransformConfig, args: a
     def make() -> Iterable[Any]:
         return ds.iter_torch_batches(batch_size=args.batch_size)
 
-    cold = warm_up(make, args.warmup_batches)
+    # drained: abandoning a Ray Data iteration cancels its running tasks, which kills their worker processes, and
+    # the timed pass would then pay for starting new workers (and importing torch in them) again
+    cold = warm_up(make, args.warmup_batches, drain=True)
     _wait_ray_idle(args.workers)
     result = timed_pass(name, make, args.warmup_batches, cold, ray_init_s)
     if args.ray_stats:

@@ -119,7 +119,7 @@ def open_source(
     hierarchy: LabelHierarchy | str | os.PathLike | None = None,
     classes: tuple[str, ...] | str | os.PathLike | None = None,
     annotations: dict[str, str] | None = None,
-    folder_chunk: int = 256,
+    folder_chunk: int = 64,
     folder_seed: int | None = 0,
     verify: bool = False,
 ) -> ShardSource:

@@ -42,7 +42,7 @@ class StreamConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     transforms: TransformConfig = TransformConfig()
-    batch_size: int = Field(64, ge=1, description="rows per decode/augment task batch")
+    batch_size: int = Field(64, ge=1, description="rows decoded and augmented together inside a read task")
     num_cpus: int = Field(1, ge=1, description="CPU budget of the Ray Data pipeline (tasks run in parallel up to it)")
     augment_on: Literal["cpu", "device"] = Field(
         "cpu", description="cpu: full augmentation in Ray Data tasks; device: CPU crops, colour ops on the worker")
@@ -182,10 +182,32 @@ def _ledger(source: ShardSource, cfg: StreamConfig, kind: str):
 
 
 def _budget(ds, cfg: StreamConfig):
+    """Give the pipeline exactly ``cfg.num_cpus`` CPUs. Ray Data's per-operator resource reservation is
+    switched off on this dataset: with one fused operator it only held back half the budget (measured: a
+    2-CPU budget ran one task at a time; benchmarks/input_pipeline.py)."""
     from ray.data import ExecutionResources
 
     ds.context.execution_options.resource_limits = ExecutionResources(cpu=cfg.num_cpus)
+    ds.context.op_resource_reservation_enabled = False
     return ds
+
+
+def _sliced(task):
+    """Run ``task`` on ``batch_size`` slices of a whole read block, yielding each result.
+
+    Ray fuses the read with the map; a map with ``batch_size=B`` would wait for B *read units* (B x folder_chunk
+    images) per task. Taking the block as it comes keeps one task per read unit, and yielding per slice
+    streams the unit's output instead of holding it until the task ends."""
+
+    def run(batch: dict, *, batch_size: int, **kwargs):
+        n = len(batch["id"])
+        for start in range(0, n, batch_size):
+            out = task({k: v[start : start + batch_size] for k, v in batch.items()}, **kwargs)
+            if len(out["id"]):
+                yield out
+
+    run.__name__ = task.__name__
+    return run
 
 
 def train_stream(source: ShardSource, cfg: StreamConfig | None = None) -> ImageStream:
@@ -194,9 +216,9 @@ def train_stream(source: ShardSource, cfg: StreamConfig | None = None) -> ImageS
     cfg = cfg or StreamConfig()
     ledger = _ledger(source, cfg, "train")
     ds = source.read(shuffle_seed=cfg.seed if cfg.shuffle else None)
-    ds = ds.map_batches(_train_task, batch_size=cfg.batch_size, num_cpus=1,
-                        fn_kwargs={"transforms": cfg.transforms, "augment_on": cfg.augment_on, "seed": cfg.seed,
-                                   "ledger": ledger})
+    ds = ds.map_batches(_sliced(_train_task), batch_size=None, num_cpus=1,
+                        fn_kwargs={"batch_size": cfg.batch_size, "transforms": cfg.transforms,
+                                   "augment_on": cfg.augment_on, "seed": cfg.seed, "ledger": ledger})
     return ImageStream("train", _budget(ds, cfg), source, cfg, ledger)
 
 
@@ -205,8 +227,8 @@ def embed_stream(source: ShardSource, cfg: StreamConfig | None = None) -> ImageS
     cfg = cfg or StreamConfig()
     ledger = _ledger(source, cfg, "embed")
     ds = source.read(shuffle_seed=None)
-    ds = ds.map_batches(_embed_task, batch_size=cfg.batch_size, num_cpus=1,
-                        fn_kwargs={"transforms": cfg.transforms, "ledger": ledger})
+    ds = ds.map_batches(_sliced(_embed_task), batch_size=None, num_cpus=1,
+                        fn_kwargs={"batch_size": cfg.batch_size, "transforms": cfg.transforms, "ledger": ledger})
     ds = _budget(ds, cfg)
     ds.context.execution_options.preserve_order = True
     return ImageStream("embed", ds, source, cfg, ledger)
