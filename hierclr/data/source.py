@@ -50,24 +50,29 @@ class ShardSource:
             return np.arange(c, dtype=np.int64)[:, None]
         return self.hierarchy.labels_at_all_levels(np.arange(self.hierarchy.sizes[0]))
 
-    def read(self, *, shuffle_seed: int | None = None, reseed_each_epoch: bool = True):
-        """The rows as a ``ray.data.Dataset``, one read task per unit. With ``shuffle_seed`` the unit
-        order is permuted on every execution (a new order each epoch, reproducible from the seed)."""
+    def units_dataset(self, *, shuffle_seed: int | None = None, reseed_each_epoch: bool = True):
+        """The read units (one per block) as a ``ray.data.Dataset``. With ``shuffle_seed`` their order is
+        permuted on every execution (a new order each epoch, reproducible from the seed)."""
         import ray.data
 
         ds = ray.data.from_items([{"unit": u} for u in self.units], override_num_blocks=len(self.units))
         if shuffle_seed is not None:
             ds = ds.randomize_block_order(
                 seed=ray.data.RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=reseed_each_epoch))
-        return ds.map_batches(
-            _read_units, batch_size=1, zero_copy_batch=True,
-            fn_kwargs={"filesystem": self.location.filesystem, "level_map": self.level_map(),
-                       "num_classes": len(self.classes)},
-        )
+        return ds
+
+    def reader_kwargs(self) -> dict:
+        """Arguments of :func:`read_units` for this source (what a Ray task needs to read a unit)."""
+        return {"filesystem": self.location.filesystem, "level_map": self.level_map(), "num_classes": len(self.classes)}
+
+    def read(self, *, shuffle_seed: int | None = None, reseed_each_epoch: bool = True):
+        """The rows as a ``ray.data.Dataset``, one read task per unit."""
+        return self.units_dataset(shuffle_seed=shuffle_seed, reseed_each_epoch=reseed_each_epoch).map_batches(
+            read_units, batch_size=1, zero_copy_batch=True, fn_kwargs=self.reader_kwargs())
 
 
-def _read_units(batch: dict, *, filesystem, level_map: np.ndarray, num_classes: int) -> dict:
-    """One read task: a unit descriptor in, its rows out (with hierarchy labels and range checks)."""
+def read_units(batch: dict, *, filesystem, level_map: np.ndarray, num_classes: int) -> dict:
+    """Unit descriptors in, their rows out (with hierarchy labels and range checks)."""
     outs = []
     for text in batch["unit"]:
         unit = json.loads(text)
@@ -119,7 +124,7 @@ def open_source(
     hierarchy: LabelHierarchy | str | os.PathLike | None = None,
     classes: tuple[str, ...] | str | os.PathLike | None = None,
     annotations: dict[str, str] | None = None,
-    folder_chunk: int = 64,
+    folder_chunk: int = 256,
     folder_seed: int | None = 0,
     verify: bool = False,
 ) -> ShardSource:

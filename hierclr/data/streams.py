@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hierclr.data.bad_images import BadImage, BadImageBudget
 from hierclr.data.decode import CorruptImageError, decode_rgb
-from hierclr.data.source import ShardSource
+from hierclr.data.source import ShardSource, read_units
 from hierclr.data.transforms import (
     AugmentConfig,
     MultiViewAugment,
@@ -192,14 +192,15 @@ def _budget(ds, cfg: StreamConfig):
     return ds
 
 
-def _sliced(task):
-    """Run ``task`` on ``batch_size`` slices of a whole read block, yielding each result.
+def _per_unit(task):
+    """One Ray task per read unit: read it, then run ``task`` on ``batch_size`` slices, yielding each.
 
-    Ray fuses the read with the map; a map with ``batch_size=B`` would wait for B *read units* (B x folder_chunk
-    images) per task. Taking the block as it comes keeps one task per read unit, and yielding per slice
-    streams the unit's output instead of holding it until the task ends."""
+    Reading inside the same function avoids an intermediate block of encoded bytes, and taking one unit
+    per task (not ``batch_size`` units, which a fused read + ``map_batches(batch_size=B)`` would wait for)
+    keeps all CPUs busy; yielding per slice streams the unit's output instead of holding it to the end."""
 
-    def run(batch: dict, *, batch_size: int, **kwargs):
+    def run(units: dict, *, batch_size: int, reader: dict, **kwargs):
+        batch = read_units(units, **reader)
         n = len(batch["id"])
         for start in range(0, n, batch_size):
             out = task({k: v[start : start + batch_size] for k, v in batch.items()}, **kwargs)
@@ -215,10 +216,11 @@ def train_stream(source: ShardSource, cfg: StreamConfig | None = None) -> ImageS
     ``view0..viewV-1`` uint8 ``(3, S, S)``, ``id``, ``label``, ``labels``."""
     cfg = cfg or StreamConfig()
     ledger = _ledger(source, cfg, "train")
-    ds = source.read(shuffle_seed=cfg.seed if cfg.shuffle else None)
-    ds = ds.map_batches(_sliced(_train_task), batch_size=None, num_cpus=1,
-                        fn_kwargs={"batch_size": cfg.batch_size, "transforms": cfg.transforms,
-                                   "augment_on": cfg.augment_on, "seed": cfg.seed, "ledger": ledger})
+    ds = source.units_dataset(shuffle_seed=cfg.seed if cfg.shuffle else None)
+    ds = ds.map_batches(_per_unit(_train_task), batch_size=None, num_cpus=1,
+                        fn_kwargs={"batch_size": cfg.batch_size, "reader": source.reader_kwargs(),
+                                   "transforms": cfg.transforms, "augment_on": cfg.augment_on, "seed": cfg.seed,
+                                   "ledger": ledger})
     return ImageStream("train", _budget(ds, cfg), source, cfg, ledger)
 
 
@@ -226,9 +228,10 @@ def embed_stream(source: ShardSource, cfg: StreamConfig | None = None) -> ImageS
     """Every row once, in a deterministic order, eval-transformed: ``image`` uint8, ``id``, ``label``, ``labels``."""
     cfg = cfg or StreamConfig()
     ledger = _ledger(source, cfg, "embed")
-    ds = source.read(shuffle_seed=None)
-    ds = ds.map_batches(_sliced(_embed_task), batch_size=None, num_cpus=1,
-                        fn_kwargs={"batch_size": cfg.batch_size, "transforms": cfg.transforms, "ledger": ledger})
+    ds = source.units_dataset(shuffle_seed=None)
+    ds = ds.map_batches(_per_unit(_embed_task), batch_size=None, num_cpus=1,
+                        fn_kwargs={"batch_size": cfg.batch_size, "reader": source.reader_kwargs(),
+                                   "transforms": cfg.transforms, "ledger": ledger})
     ds = _budget(ds, cfg)
     ds.context.execution_options.preserve_order = True
     return ImageStream("embed", ds, source, cfg, ledger)
