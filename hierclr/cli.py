@@ -1,5 +1,6 @@
 """The ``hierclr`` command. Subcommands parse arguments and call the library; they hold no math.
 
+    hierclr pretrain --config PRESET|FILE [--set k=v ...]   distributed pretraining on Ray (HCSC, MoCo v2, PCL v2)
     hierclr demo                      single-process HCSC on synthetic images (no download, CPU)
     hierclr kmeans FEATURES.npy ...   hierarchical K-means of a feature file into Prototypes
     hierclr prepare-data SRC OUT ...  ImageFolder tree / CIFAR archive -> parquet shards + manifest (on Ray)
@@ -92,6 +93,30 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from hierclr.engine.config import list_presets, load_config
+
+    if args.list_presets:
+        print("\n".join(list_presets()))
+        return 0
+    cfg = load_config(args.config, args.set or ())
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from hierclr.engine.pretrain import run_pretrain
+
+    t0 = time.perf_counter()
+    result = run_pretrain(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    for row in result.history:
+        keep = {k: round(v, 4) for k, v in row.items()
+                if k in ("epoch", "lr", "loss/total", "knn/top1_k20", "knn/top1_best", "train/images_per_s")}
+        print(json.dumps(keep))
+    print(json.dumps({"run_dir": result.run_dir, "checkpoint": result.checkpoint, "best": result.best,
+                      "mlflow_run_id": result.mlflow_run_id, "bad_images": len(result.bad_images),
+                      "seconds": round(time.perf_counter() - t0, 1)}))
+    return 0
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     import hierclr
 
@@ -103,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hierclr", description="Hierarchical contrastive representation learning.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    pre = sub.add_parser("pretrain", help="distributed pretraining on Ray Train (HCSC, MoCo v2, PCL v2)")
+    pre.add_argument("--config", default="demo", help="preset name (see --list-presets) or YAML file; default: demo")
+    pre.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override one field, e.g. --set optim.epochs=10 --set clustering.sizes=[100,50]")
+    pre.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    pre.add_argument("--list-presets", action="store_true", help="list the built-in presets and exit")
+    pre.add_argument("--resume", default=None, metavar="PATH|latest",
+                     help="continue from a checkpoint (or run) directory, or the newest run of this config name")
+    pre.add_argument("--stop-after-epoch", dest="stop_after_epoch", type=int, default=None,
+                     help="checkpoint and exit after this epoch (resume later with --resume latest)")
+    pre.set_defaults(func=_cmd_pretrain)
 
     demo = sub.add_parser("demo", help="single-process MoCo v2 + HCSC on synthetic images (CPU, no download)")
     demo.add_argument("--epochs", type=int, default=4)

@@ -59,7 +59,7 @@ class HCSCLossConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backbone: Literal["resnet18", "resnet50"] = "resnet50"
+    backbone: Literal["resnet10", "resnet18", "resnet50"] = "resnet50"
     cifar_stem: bool = False
     dim: int = Field(128, ge=1)
     hidden_dim: int | None = Field(None, ge=1)

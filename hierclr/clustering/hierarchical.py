@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from hierclr.clustering.arrays import as_numpy
 from hierclr.clustering.concentration import concentration_from_distances
-from hierclr.clustering.kmeans import Backend, assign, kmeans, resolve_backend
+from hierclr.clustering.kmeans import Backend, KMeansResult, assign, kmeans, resolve_backend
 from hierclr.clustering.prototypes import Prototypes, compose_assignments
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,31 @@ def hierarchical_kmeans(
 
     ``device``/``backend``: see :func:`~hierclr.clustering.kmeans.resolve_backend`. The returned
     prototypes live on ``device`` (CPU when ``None``).
+
+    The two steps are also public: :func:`level0_kmeans` (K-means of the images) and
+    :func:`build_hierarchy` (everything above it), so that a distributed level 0
+    (:mod:`hierclr.clustering.distributed`) can share the rest.
     """
     sizes = validate_sizes(sizes)
     if min_cluster_size < 0:
         raise ValueError(f"min_cluster_size must be >= 0, got {min_cluster_size}")
+    x = prepare_features(features, backend, device)
+    if x.shape[0] < sizes[0]:
+        raise ValueError(f"fewer points ({x.shape[0]}) than clusters at level 0 ({sizes[0]})")
+    level0 = level0_kmeans(
+        x, sizes[0], niter=niter, nredo=nredo, seed=seed, min_cluster_size=min_cluster_size, device=device,
+        backend=backend, max_points_per_centroid=max_points_per_centroid,
+        min_points_per_centroid=min_points_per_centroid, verbose=verbose,
+    )
+    return build_hierarchy(
+        level0, sizes, niter=niter, nredo=nredo, temperature=temperature, smooth=smooth, seed=seed,
+        device=device, backend=backend, max_points_per_centroid=max_points_per_centroid,
+        min_cluster_size=min_cluster_size, epoch=epoch, verbose=verbose,
+    )
+
+
+def prepare_features(features, backend: Backend, device: torch.device | str | None):
+    """Checked ``(N, d)`` features: a torch tensor left on its device for the torch backend, else numpy."""
     if isinstance(features, torch.Tensor) and resolve_backend(backend, device)[0] == "torch":
         x = features.detach()  # stays on its device: no GPU -> CPU -> GPU round trip
         if not torch.isfinite(x).all():
@@ -84,14 +106,94 @@ def hierarchical_kmeans(
     else:
         x = as_numpy(features, np.float32, "features")
     if x.ndim != 2 or x.shape[1] < 1:
-        raise ValueError(f"features must be a 2-D (N, d) array, got shape {x.shape}")
-    if x.shape[0] < sizes[0]:
-        raise ValueError(f"fewer points ({x.shape[0]}) than clusters at level 0 ({sizes[0]})")
+        raise ValueError(f"features must be a 2-D (N, d) array, got shape {tuple(x.shape)}")
+    return x
 
-    centroids, phis, parents = [], [], []
-    level0 = None
-    points = x
-    for level, k in enumerate(sizes):
+
+def level0_kmeans(
+    x,
+    k: int,
+    *,
+    niter: int = 20,
+    nredo: int = 5,
+    seed: int = 0,
+    min_cluster_size: int = 0,
+    device: torch.device | str | None = None,
+    backend: Backend = "auto",
+    max_points_per_centroid: int = 1000,
+    min_points_per_centroid: int = 10,
+    verbose: bool = False,
+) -> KMeansResult:
+    """Level 0 of the E-step (spec step 2): K-means of the images with seed ``seed + 0``, then the
+    paper's optional ``min_cluster_size`` drop (see :func:`drop_small_clusters`)."""
+    res = kmeans(
+        x, k, niter=niter, nredo=nredo, seed=seed,
+        max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=min_points_per_centroid,
+        backend=backend, device=device, verbose=verbose,
+    )
+    if min_cluster_size > 0:
+        res = drop_small_clusters(res, min_cluster_size, lambda c: assign(x, c, backend=backend, device=device))
+    return res
+
+
+def drop_small_clusters(
+    res: KMeansResult, min_size: int, reassign: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+) -> KMeansResult:
+    """Remove clusters with fewer than ``min_size`` points; their points go to the nearest survivor.
+
+    ``reassign(centroids) -> (sq_distances, assignments)`` searches every point against the surviving
+    centroids (a local :func:`~hierclr.clustering.kmeans.assign`, or the shards' assign when distributed).
+    """
+    counts = np.bincount(res.assignments, minlength=res.centroids.shape[0])
+    keep = counts >= min_size
+    if not keep.any():
+        raise ValueError(
+            f"min_cluster_size={min_size}: every level-0 cluster is smaller (largest has {counts.max()} points)"
+        )
+    if keep.all():
+        return res
+    log.warning(
+        "min_cluster_size=%d: dropped %d of %d level-0 clusters; their %d points were reassigned "
+        "to the nearest surviving centroid", min_size, int((~keep).sum()), res.centroids.shape[0],
+        int(counts[~keep].sum()),
+    )
+    cent = res.centroids[keep]
+    d2, idx = reassign(cent)
+    return replace(res, centroids=cent, assignments=np.asarray(idx, np.int64), sq_distances=np.asarray(d2, np.float32))
+
+
+def build_hierarchy(
+    level0: KMeansResult,
+    sizes: Sequence[int],
+    *,
+    niter: int = 20,
+    nredo: int = 5,
+    temperature: float = 0.2,
+    smooth: float = 10.0,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    backend: Backend = "auto",
+    max_points_per_centroid: int = 1000,
+    min_cluster_size: int = 0,
+    epoch: int | None = None,
+    verbose: bool = False,
+) -> Prototypes:
+    """The prototypes from a finished level 0 (spec E-step 3-5): phi of level 0 from the images'
+    distances, levels ``1..L-1`` by K-means of the normalised centroids below (seed ``seed + l``),
+    parents, and assignments composed through the tree.
+
+    ``level0`` is the (possibly small-cluster-dropped) K-means of the images; ``sizes`` are all the
+    level sizes, ``sizes[0]`` included (only ``sizes[1:]`` are clustered here). ``min_cluster_size``
+    only shapes the error message when the drop left too few level-0 prototypes.
+    """
+    sizes = validate_sizes(sizes)
+    cent, idx, d2 = level0.centroids, level0.assignments, level0.sq_distances
+    phis = [concentration_from_distances(np.sqrt(d2), idx, cent.shape[0], temperature=temperature, smooth=smooth)]
+    points = _l2_normalize(cent)
+    centroids, parents = [torch.from_numpy(points)], []
+    if verbose:
+        log.info("level 0: %d prototypes, objective %.4f (%s)", cent.shape[0], level0.objective, level0.backend)
+    for level, k in enumerate(sizes[1:], start=1):
         if points.shape[0] < k:
             raise ValueError(
                 f"level {level}: fewer points ({points.shape[0]} level-{level - 1} prototypes) than clusters ({k}); "
@@ -101,49 +203,26 @@ def hierarchical_kmeans(
             points, k, niter=niter, nredo=nredo, seed=seed + level,
             max_points_per_centroid=max_points_per_centroid,
             # faiss only *warns* below this; upper levels always are (3000 -> 2000), so warn at level 0 only.
-            min_points_per_centroid=min_points_per_centroid if level == 0 else 1,
+            min_points_per_centroid=1,
             backend=backend, device=device, verbose=verbose,
         )
-        cent, idx, d2 = res.centroids, res.assignments, res.sq_distances
-        if level == 0 and min_cluster_size > 0:
-            cent, idx, d2 = _drop_small_clusters(points, cent, idx, d2, min_cluster_size, backend, device)
         phis.append(
-            concentration_from_distances(np.sqrt(d2), idx, cent.shape[0], temperature=temperature, smooth=smooth)
+            concentration_from_distances(
+                np.sqrt(res.sq_distances), res.assignments, res.centroids.shape[0],
+                temperature=temperature, smooth=smooth,
+            )
         )
-        normalized = _l2_normalize(cent)
-        centroids.append(torch.from_numpy(normalized))
-        if level == 0:
-            level0 = torch.from_numpy(idx)
-        else:
-            parents.append(torch.from_numpy(idx))
-        points = normalized
+        points = _l2_normalize(res.centroids)
+        centroids.append(torch.from_numpy(points))
+        parents.append(torch.from_numpy(res.assignments))
         if verbose:
-            log.info("level %d: %d prototypes, objective %.4f (%s)", level, cent.shape[0], res.objective, res.backend)
+            log.info("level %d: %d prototypes, objective %.4f (%s)", level, k, res.objective, res.backend)
 
     protos = Prototypes(
         centroids=centroids,
         parents=parents,
         phi=phis,
-        assignments=compose_assignments(level0, parents),
+        assignments=compose_assignments(torch.from_numpy(np.asarray(idx, np.int64)), parents),
         epoch=epoch,
     )
     return protos.to(device) if device is not None else protos
-
-
-def _drop_small_clusters(points, cent, idx, d2, min_size, backend, device):
-    """Remove clusters with fewer than ``min_size`` points; reassign their points to the rest."""
-    counts = np.bincount(idx, minlength=cent.shape[0])
-    keep = counts >= min_size
-    if not keep.any():
-        raise ValueError(
-            f"min_cluster_size={min_size}: every level-0 cluster is smaller (largest has {counts.max()} points)"
-        )
-    if keep.all():
-        return cent, idx, d2
-    log.warning(
-        "min_cluster_size=%d: dropped %d of %d level-0 clusters; their %d points were reassigned "
-        "to the nearest surviving centroid", min_size, int((~keep).sum()), cent.shape[0], int(counts[~keep].sum()),
-    )
-    cent = cent[keep]
-    d2, idx = assign(points, cent, backend=backend, device=device)
-    return cent, idx, d2

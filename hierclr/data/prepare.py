@@ -96,7 +96,7 @@ class FolderLoader:
 class ArrayLoader:
     """CIFAR images live in memory as an (N, 32, 32, 3) array (shared through the object store)."""
 
-    images: object  # ray.ObjectRef to the array, resolved once per task
+    images: object  # ray.ObjectRef to the array, resolved once per task; or the array itself (in-process writes)
 
     def __call__(self, key: str, index: int) -> bytes:
         from hierclr.data.cifar import encode_png
@@ -104,6 +104,8 @@ class ArrayLoader:
         return encode_png(self._array()[index])
 
     def _array(self) -> np.ndarray:
+        if isinstance(self.images, np.ndarray):
+            return self.images
         import ray
 
         if not hasattr(self, "_cache"):
@@ -339,11 +341,18 @@ def _done(out: Location, file: str, plan_hash: str) -> dict | None:
 # ----------------------------------------------------------------------------------------------- driver
 
 
-def _run_tasks(fn, calls: list[tuple], window: int, on_done: Callable[[int, object], None], desc: str) -> None:
-    """Run ``fn.remote(*args)`` for every call with at most ``window`` in flight, with a progress bar."""
+def _run_tasks(fn, calls: list[tuple], window: int, on_done: Callable[[int, object], None], desc: str,
+               in_process: bool = False) -> None:
+    """Run ``fn(*args)`` for every call as a Ray task with at most ``window`` in flight, with a progress bar;
+    ``in_process``: one after another in this process (small in-memory datasets, no Ray needed)."""
+    if in_process:
+        for i, args in enumerate(calls):
+            on_done(i, fn(*args))
+        return
     import ray
     from tqdm import tqdm
 
+    fn = ray.remote(num_cpus=1)(fn)
     pending: dict = {}
     it = iter(enumerate(calls))
     with tqdm(total=len(calls), desc=desc, unit="task", disable=None) as bar:
@@ -361,20 +370,19 @@ def _run_tasks(fn, calls: list[tuple], window: int, on_done: Callable[[int, obje
             bar.update(1)
 
 
-def prepare_split(plan: SplitPlan, out: Location, cfg: PrepareConfig, window: int) -> Manifest:
-    import ray
-
+def prepare_split(plan: SplitPlan, out: Location, cfg: PrepareConfig, window: int, *,
+                  in_process: bool = False) -> Manifest:
+    """Convert one split into ``out``; ``in_process`` runs every task here instead of on Ray."""
     n = len(plan.keys)
     if n == 0:
         raise DataFormatError(f"split {plan.name} of {cfg.source} has no images")
     good = np.ones(n, bool)
     skipped: list[SkippedImage] = []
     if cfg.verify and not isinstance(plan.loader, ArrayLoader):
-        scan = ray.remote(num_cpus=1)(_scan)
         chunks = [list(range(s, min(s + cfg.shard_size, n))) for s in range(0, n, cfg.shard_size)]
         reasons: dict[int, list] = {}
-        _run_tasks(scan, [(plan.loader, [plan.keys[i] for i in c], c) for c in chunks], window,
-                   lambda i, r: reasons.__setitem__(i, r), f"scan {plan.name}")
+        _run_tasks(_scan, [(plan.loader, [plan.keys[i] for i in c], c) for c in chunks], window,
+                   lambda i, r: reasons.__setitem__(i, r), f"scan {plan.name}", in_process)
         for c_i, chunk in enumerate(chunks):
             for i, reason in zip(chunk, reasons[c_i]):
                 if reason is not None:
@@ -407,9 +415,8 @@ def prepare_split(plan: SplitPlan, out: Location, cfg: PrepareConfig, window: in
     if records:
         log.info("%s: %d of %d shards already written and verified; skipping them", plan.name, len(records),
                  len(records) + len(calls))
-    write = ray.remote(num_cpus=1)(_write_shard)
-    _run_tasks(write, [c[1] for c in calls], window, lambda i, r: records.__setitem__(calls[i][0], r),
-               f"write {plan.name}")
+    _run_tasks(_write_shard, [c[1] for c in calls], window, lambda i, r: records.__setitem__(calls[i][0], r),
+               f"write {plan.name}", in_process)
     recs = [records[s] for s in sorted(records)]
     count = sum(r["rows"] for r in recs)
     formats: dict[str, int] = {}

@@ -33,6 +33,7 @@ from hierclr.data.transforms import (
 )
 
 EPOCH_OFFSET_KEY = "hierclr.epoch_offset"
+EPOCH_CLOCK_KEY = "hierclr.epoch_clock"
 CROP_STAGE, PHOTOMETRIC_STAGE = 0, 1
 
 
@@ -61,11 +62,52 @@ def row_generator(seed: int, epoch: int, row_id: int) -> torch.Generator:
 
 
 def stream_epoch() -> int:
-    """The epoch a Ray Data task belongs to: executions of its dataset so far + the resume offset."""
+    """The epoch a Ray Data task belongs to: the trainer's epoch clock when the stream has one (exact
+    across worker-group restarts), else executions of its dataset so far + the resume offset."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
+    clock = ctx.get_config(EPOCH_CLOCK_KEY, None)
+    if clock:
+        import ray
+
+        return int(ray.get(_clock_handle(clock).get.remote()))
     return int(ctx.get_config(EPOCH_OFFSET_KEY, 0)) + int(getattr(ctx, "_execution_idx", 0))
+
+
+_CLOCKS: dict[str, object] = {}
+
+
+def _clock_handle(name: str):
+    import ray
+
+    if name not in _CLOCKS:
+        _CLOCKS[name] = ray.get_actor(name)
+    return _CLOCKS[name]
+
+
+class EpochClock:
+    """The current training epoch, set by the trainer before each pass and read by the stream's tasks.
+
+    Ray Data counts executions per dataset copy, and a Ray Train worker-group restart re-splits the
+    dataset, so that count restarts at 0; the clock keeps per-row seeds keyed by the true epoch."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = int(epoch)
+
+    def set(self, epoch: int) -> int:
+        self.epoch = int(epoch)
+        return self.epoch
+
+    def get(self) -> int:
+        return self.epoch
+
+
+def start_epoch_clock(name: str, epoch: int = 0):
+    """A named :class:`EpochClock` actor (0 CPUs) that :meth:`ImageStream.use_epoch_clock` can follow."""
+    import ray
+
+    return ray.remote(num_cpus=0)(EpochClock).options(name=name).remote(epoch)
 
 
 def row_photometric_params(ids, num_views: int, cfg: AugmentConfig, seed: int, epoch: int) -> list[PhotometricParams]:
@@ -167,6 +209,10 @@ class ImageStream:
         """Continue the per-epoch seeds at ``epoch`` (a resumed run sees the augmentations it would have)."""
         self.dataset.context.set_config(EPOCH_OFFSET_KEY, int(epoch))
 
+    def use_epoch_clock(self, name: str) -> None:
+        """Take the epoch of every task from the named :class:`EpochClock` (see :func:`start_epoch_clock`)."""
+        self.dataset.context.set_config(EPOCH_CLOCK_KEY, name)
+
     def split(self, n: int):
         """``n`` iterators for ``n`` workers: train rows are split equally (DDP needs equal step counts;
         up to n-1 rows are left out per epoch); embed rows are all kept, each exactly once."""
@@ -237,9 +283,12 @@ def embed_stream(source: ShardSource, cfg: StreamConfig | None = None) -> ImageS
     return ImageStream("embed", ds, source, cfg, ledger)
 
 
-def train_data_config(embed_name: str = "embed"):
-    """A Ray Train ``DataConfig`` that splits ``train`` equally and ``embed`` without dropping rows."""
+def train_data_config(embed_names: str | tuple[str, ...] = ("embed", "val")):
+    """A Ray Train ``DataConfig`` that splits ``train`` equally and the ``embed_names`` streams (E-step and
+    evaluation) without dropping rows, each row to exactly one worker, in a deterministic order."""
     from ray.train import DataConfig
+
+    unsplit = {embed_names} if isinstance(embed_names, str) else set(embed_names)
 
     class _HierclrDataConfig(DataConfig):
         def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
@@ -249,9 +298,9 @@ def train_data_config(embed_name: str = "embed"):
                 user_options = self._get_user_execution_options(name)
                 if user_options is not None:
                     ds.context.execution_options = user_options
-                if name == embed_name:
+                if name in unsplit:
                     ds.context.execution_options.preserve_order = True
-                splits = ds.streaming_split(world_size, equal=name != embed_name)
+                splits = ds.streaming_split(world_size, equal=name not in unsplit)
                 for i, s in enumerate(splits):
                     output[i][name] = s
             return output

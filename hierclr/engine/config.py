@@ -171,7 +171,7 @@ def _read_yaml(source: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise ValueError(f"config {path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config {path}: the top level must be a mapping, got {type(data).__name__}")
+        raise ValueError(f"config {path}: the top level must be a mapping, got {type(data).__name__}")  # noqa: TRY004  user input
     base = data.pop("base", None)  # presets may extend another preset
     if base is not None:
         return _merge(_read_yaml(base), data)
@@ -203,7 +203,7 @@ def apply_override(tree: dict, assignment: str) -> dict:
         if child is None:
             child = node[p] = {}
         if not isinstance(child, dict):
-            raise ValueError(f"--set {key}: {p!r} is a value, not a section")
+            raise ValueError(f"--set {key}: {p!r} is a value, not a section")  # noqa: TRY004  user input
         node = child
     node[parts[-1]] = value
     return tree

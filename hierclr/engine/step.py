@@ -30,16 +30,22 @@ def hcsc_train_step(
     *,
     local_views: Sequence[Tensor] = (),
     generator: torch.Generator | None = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, Tensor]:
-    """Forward both views, loss (ICSC + PCSC, or InfoNCE in warm-up), SGD step, then enqueue keys.
+    """Forward all views, loss (ICSC + PCSC, or InfoNCE in warm-up), SGD step, then enqueue keys.
 
     Order as in the reference code: query forward; momentum update; key forward; loss against the
-    queue as it was *before* this batch; optimizer step; enqueue this batch's keys and ids.
+    queue as it was *before* this batch; optimizer step; enqueue this batch's keys and ids. Local
+    (multi-crop) views go through ``model`` itself, so a DDP wrapper reduces their gradients too.
+    ``amp_dtype`` (e.g. ``torch.bfloat16``) autocasts the encoders; the loss is computed in fp32.
     Returns the objective's detached metrics.
     """
     core = _core(model)
-    q, k = model(im_q, im_k)
-    local_q = [core.forward_query(v) for v in local_views]
+    device_type = im_q.device.type
+    with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        out = model(im_q, im_k, list(local_views)) if local_views else model(im_q, im_k)
+    q, k = out[0].float(), out[1].float()
+    local_q = [v.float() for v in out[2]] if local_views else []
     loss, metrics = objective(q, k, core.queue, prototypes, ids, local_q=local_q, generator=generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -70,3 +76,51 @@ def embed_features(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], d
     if not feats:
         raise ValueError("embed_features: the embedding stream yielded no batch")
     return torch.cat(all_ids), torch.cat(feats)
+
+
+@torch.no_grad()
+def embed_pass(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor, Tensor]],
+    *,
+    head: bool = True,
+    backbone: bool = False,
+    device=None,
+    channels_last: bool = False,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, Tensor]:
+    """One pass over ``(images, ids, labels)`` batches in eval mode, computing what the epoch needs:
+
+    * ``head``: the momentum encoder's normalised head output (the E-step's clustering features);
+    * ``backbone``: the query encoder's avgpool features (kNN monitoring, as evaluation reads them).
+
+    Returns CPU tensors ``ids``, ``labels`` and ``head`` / ``backbone`` (float32) in iteration order;
+    an empty pass returns empty tensors (a worker may get no rows of a small split). Train/eval mode
+    is restored afterwards.
+    """
+    core = _core(model)
+    was_training = core.training
+    core.eval()
+    out: dict[str, list[Tensor]] = {"ids": [], "labels": [], "head": [], "backbone": []}
+    try:
+        for images, ids, labels in batches:
+            if device is not None:
+                images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                if head:
+                    out["head"].append(torch.nn.functional.normalize(core.encoder_k(images).float(), dim=1).cpu())
+                if backbone:
+                    out["backbone"].append(core.backbone_features(images).float().cpu())
+            out["ids"].append(ids.cpu().long())
+            out["labels"].append(labels.cpu().long())
+    finally:
+        core.train(was_training)
+    dims = {"head": core.dim, "backbone": core.feature_dim}
+    result = {"ids": torch.cat(out["ids"]) if out["ids"] else torch.zeros(0, dtype=torch.long),
+              "labels": torch.cat(out["labels"]) if out["labels"] else torch.zeros(0, dtype=torch.long)}
+    for key in ("head", "backbone"):
+        if (head if key == "head" else backbone):
+            result[key] = torch.cat(out[key]) if out[key] else torch.zeros(0, dims[key])
+    return result

@@ -32,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["knn_accuracy", "knn_classify", "knn_predict"]
+__all__ = [
+    "knn_accuracy",
+    "knn_accuracy_from_topk",
+    "knn_classify",
+    "knn_predict",
+    "knn_predict_from_topk",
+    "knn_topk",
+    "merge_topk",
+]
 
 ArrayLike = Tensor | np.ndarray
 Backend = Literal["torch", "faiss"]
@@ -100,6 +108,14 @@ def _check_label_range(y: Tensor, name: str, num_classes: int) -> None:
         raise ValueError(f"{name} must lie in [0, num_classes={num_classes}), got values in [{lo}, {hi}]")
 
 
+def _check_temperature(temperature: float) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")  # noqa: TRY004
+    if not (np.isfinite(float(temperature)) and float(temperature) > 0):
+        raise ValueError(f"temperature must be positive and finite, got {temperature!r}")
+    return float(temperature)
+
+
 def _check_common(
     train_features: ArrayLike,
     train_labels: ArrayLike,
@@ -118,10 +134,7 @@ def _check_common(
             f"feature dimensions differ: train_features has d={train.shape[1]}, test_features has d={test.shape[1]}"
         )
     labels = _as_labels(train_labels, "train_labels", train.shape[0], train.device)
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")  # noqa: TRY004
-    if not (np.isfinite(float(temperature)) and float(temperature) > 0):
-        raise ValueError(f"temperature must be positive and finite, got {temperature!r}")
+    _check_temperature(temperature)
     chunk = _check_int(chunk_size, "chunk_size")
     block = _DEFAULT_TRAIN_BLOCK if train_block_size is None else _check_int(train_block_size, "train_block_size")
     if backend not in ("torch", "faiss"):
@@ -316,51 +329,227 @@ def knn_accuracy(
     test_y = _as_labels(test_labels, "test_labels", test.shape[0], train.device)
     if test.shape[0] == 0:
         raise ValueError("test_features is empty (0 rows): accuracy is undefined")
+    ks_list = _parse_ks(ks)
+    num_classes = _resolve_num_classes(num_classes, labels, "train_labels", test_y)
+
+    n_train = train.shape[0]
+    eff = _effective_ks(ks_list, n_train, f"n_train={n_train}")
+    k_max = max(eff.values())
+
+    correct = {kv: 0 for kv in ks_list}
+    out_dtype = train.dtype if backend == "torch" else torch.float32
+    for start, end, sims, idx in _neighbours(backend, train, test, k_max, chunk, block):
+        _count_correct(sims.to(out_dtype), labels[idx], test_y[start:end], eff, num_classes, float(temperature),
+                       correct)
+    return _accuracy_result(correct, test.shape[0])
+
+
+def _parse_ks(ks: Sequence[int] | int) -> list[int]:
+    """Distinct ``ks``, ascending."""
     if isinstance(ks, numbers.Integral):
         ks = (ks,)
     ks_list = sorted({_check_int(kv, "every k in ks") for kv in ks})
     if not ks_list:
         raise ValueError("ks must contain at least one k")
+    return ks_list
+
+
+def _resolve_num_classes(num_classes: int | None, labels: Tensor, labels_name: str, test_y: Tensor) -> int:
+    """``num_classes`` checked against both label sets, or inferred as ``max + 1``."""
     if num_classes is None:
         if int(labels.min()) < 0 or int(test_y.min()) < 0:
             raise ValueError("labels must be non-negative class ids")
         num_classes = max(int(labels.max()), int(test_y.max())) + 1
     else:
         num_classes = _check_int(num_classes, "num_classes")
-    _check_label_range(labels, "train_labels", num_classes)
+    _check_label_range(labels, labels_name, num_classes)
     _check_label_range(test_y, "test_labels", num_classes)
+    return num_classes
 
-    n_train = train.shape[0]
-    capped = [kv for kv in ks_list if kv > n_train]
+
+def _effective_ks(ks_list: list[int], available: int, what: str) -> dict[int, int]:
+    """Each requested ``k`` capped at the ``available`` neighbours (with a ``UserWarning`` naming ``what``)."""
+    capped = [kv for kv in ks_list if kv > available]
     if capped:
-        warnings.warn(
-            f"k={capped} exceed n_train={n_train}; using k={n_train} for them",
-            UserWarning,
-            stacklevel=2,
-        )
-    eff = {kv: min(kv, n_train) for kv in ks_list}
-    k_max = max(eff.values())
+        warnings.warn(f"k={capped} exceed {what}; using k={available} for them", UserWarning, stacklevel=3)
+    return {kv: min(kv, available) for kv in ks_list}
 
-    correct = {kv: 0 for kv in ks_list}
-    out_dtype = train.dtype if backend == "torch" else torch.float32
-    for start, end, sims, idx in _neighbours(backend, train, test, k_max, chunk, block):
-        sims = sims.to(out_dtype)
-        nb_labels = labels[idx]
-        y = test_y[start:end]
-        scores = torch.zeros(end - start, num_classes, dtype=out_dtype, device=sims.device)
-        done = 0
-        pred: Tensor | None = None
-        for kv in ks_list:  # ascending, so each step only adds neighbours done..k
-            ke = eff[kv]
-            if ke > done or pred is None:
-                _vote(sims[:, done:ke], nb_labels[:, done:ke], num_classes, float(temperature), out=scores)
-                done = ke
-                pred = scores.argmax(dim=1)
-            correct[kv] += int((pred == y).sum())
 
-    n_test = test.shape[0]
+def _count_correct(sims: Tensor, nb_labels: Tensor, y: Tensor, eff: dict[int, int], num_classes: int,
+                   temperature: float, correct: dict[int, int]) -> None:
+    """Add one chunk's correct Eq. 11 predictions for every k to ``correct``; ``sims``/``nb_labels`` are sorted
+    by decreasing similarity, so the top-k set of a smaller k is a prefix and votes accumulate over ascending k."""
+    scores = torch.zeros(sims.shape[0], num_classes, dtype=sims.dtype, device=sims.device)
+    done = 0
+    pred: Tensor | None = None
+    for kv in sorted(eff):  # ascending, so each step only adds neighbours done..k
+        ke = eff[kv]
+        if ke > done or pred is None:
+            _vote(sims[:, done:ke], nb_labels[:, done:ke], num_classes, temperature, out=scores)
+            done = ke
+            pred = scores.argmax(dim=1)
+        correct[kv] += int((pred == y).sum())
+
+
+def _accuracy_result(correct: dict[int, int], n_test: int) -> dict[str, float | int]:
+    """``top1_k{k}`` per k, ``top1_best`` and ``best_k`` (the smallest k among equal accuracies)."""
+    ks_list = sorted(correct)
     result: dict[str, float | int] = {f"top1_k{kv}": correct[kv] / n_test for kv in ks_list}
     best_k = max(ks_list, key=lambda kv: (correct[kv], -kv))
     result["top1_best"] = correct[best_k] / n_test
     result["best_k"] = best_k
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed kNN: per-shard top-k, merge, vote
+# ---------------------------------------------------------------------------------------------
+# Each Ray Train worker holds a shard of the training features and all (all-gathered) test features:
+#   parts = all_gather(knn_topk(shard_x, shard_y, test_x, k=max(ks)))
+#   knn_accuracy_from_topk(*merge_topk(parts, k=max(ks)), test_y, ks)
+# equals knn_accuracy on the whole training set (up to ties in similarity, which the merge breaks by part order).
+def knn_topk(
+    train_features: ArrayLike,
+    train_labels: ArrayLike,
+    test_features: ArrayLike,
+    k: int,
+    *,
+    chunk_size: int = 1024,
+    backend: Backend = "torch",
+    train_block_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The ``k' = min(k, n_train)`` most cosine-similar training rows of each test row, within this (shard of the)
+    training set: ``(sims, labels)``, both ``(n_test, k')``, sorted by decreasing similarity (the ``N_k(x)`` of
+    Eq. 11 restricted to the shard). Features are L2-normalised here; search is chunked as in :func:`knn_predict`.
+    ``sims`` has the dtype :func:`knn_accuracy` votes in (float32 unless both inputs are float64 and the backend is
+    torch) and lives on the training features' device, as does ``labels`` (long). An empty shard (0 rows) gives
+    ``k' = 0``.
+    """
+    k = _check_int(k, "k")
+    shape = np.shape(train_features)
+    if len(shape) == 2 and shape[0] == 0:  # an empty shard contributes no neighbours
+        train = _as_features(train_features, "train_features")
+        test = _as_features(test_features, "test_features")
+        if train.shape[1] != test.shape[1]:
+            raise ValueError(f"feature dimensions differ: train_features has d={train.shape[1]}, test_features has "
+                             f"d={test.shape[1]}")
+        _as_labels(train_labels, "train_labels", 0, train.device)
+        dtype = torch.promote_types(train.dtype, test.dtype) if backend == "torch" else torch.float32
+        return (torch.empty(test.shape[0], 0, dtype=dtype, device=train.device),
+                torch.empty(test.shape[0], 0, dtype=torch.long, device=train.device))
+    train, labels, test, chunk, block = _check_common(
+        train_features, train_labels, test_features, 1.0, chunk_size, train_block_size, backend  # 1.0: unused tau
+    )
+    kk = min(k, train.shape[0])
+    out_dtype = train.dtype if backend == "torch" else torch.float32
+    sims_out = torch.empty(test.shape[0], kk, dtype=out_dtype, device=train.device)
+    labels_out = torch.empty(test.shape[0], kk, dtype=torch.long, device=train.device)
+    for start, end, sims, idx in _neighbours(backend, train, test, kk, chunk, block):
+        sims_out[start:end] = sims.to(out_dtype)
+        labels_out[start:end] = labels[idx]
+    return sims_out, labels_out
+
+
+def _as_topk(sims: ArrayLike, labels: ArrayLike, name: str) -> tuple[Tensor, Tensor]:
+    """A ``(sims, labels)`` pair as (float, long) tensors of one ``(n_test, m)`` shape."""
+    s = torch.from_numpy(np.ascontiguousarray(sims)) if not isinstance(sims, Tensor) else sims.detach()
+    if s.dim() != 2 or not s.is_floating_point():
+        raise ValueError(f"{name}: sims must be a 2-D float array (n_test, k), got {s.dtype} {tuple(s.shape)}")
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError(f"{name}: sims contain NaN or inf values")
+    lab = torch.from_numpy(np.ascontiguousarray(labels)) if not isinstance(labels, Tensor) else labels.detach()
+    if lab.dtype == torch.bool or lab.is_floating_point() or lab.is_complex():
+        raise ValueError(f"{name}: labels must have an integer dtype, got {lab.dtype}")
+    if lab.shape != s.shape:
+        raise ValueError(f"{name}: labels have shape {tuple(lab.shape)} but sims have {tuple(s.shape)}")
+    return s, lab.to(device=s.device, dtype=torch.long)
+
+
+def merge_topk(
+    parts: Sequence[tuple[ArrayLike, ArrayLike]], k: int, *, chunk_size: int = 1024
+) -> tuple[Tensor, Tensor]:
+    """Merge per-shard top-k lists (from :func:`knn_topk`) into the global top-``min(k, sum of widths)``.
+
+    ``parts[i] = (sims (n_test, k_i), labels (n_test, k_i))``, each sorted by decreasing similarity; shards with
+    fewer than ``k`` rows (or none) are fine. The result is sorted by decreasing similarity; equal similarities keep
+    the order of ``parts`` and then their order within a part (a stable sort), so the same parts in the same order
+    (e.g. by worker rank) always give the same result. Computed on the first part's device, in the promoted dtype.
+    """
+    k = _check_int(k, "k")
+    if not parts:
+        raise ValueError("merge_topk needs at least one part")
+    pairs = [_as_topk(s, lab, f"parts[{i}]") for i, (s, lab) in enumerate(parts)]
+    n_test = pairs[0][0].shape[0]
+    bad = [i for i, (s, _) in enumerate(pairs) if s.shape[0] != n_test]
+    if bad:
+        raise ValueError(f"every part must have n_test={n_test} rows; parts {bad} have "
+                         f"{[pairs[i][0].shape[0] for i in bad]}")
+    chunk = _check_int(chunk_size, "chunk_size")
+    device = pairs[0][0].device
+    dtype = pairs[0][0].dtype
+    for s, _ in pairs[1:]:
+        dtype = torch.promote_types(dtype, s.dtype)
+    sims = torch.cat([s.to(device=device, dtype=dtype) for s, _ in pairs], dim=1)
+    labels = torch.cat([lab.to(device) for _, lab in pairs], dim=1)
+    kk = min(k, sims.shape[1])
+    out_sims = torch.empty(n_test, kk, dtype=dtype, device=device)
+    out_labels = torch.empty(n_test, kk, dtype=torch.long, device=device)
+    for start in range(0, n_test, chunk):
+        s, order = torch.sort(sims[start : start + chunk], dim=1, descending=True, stable=True)
+        out_sims[start : start + chunk] = s[:, :kk]
+        out_labels[start : start + chunk] = torch.gather(labels[start : start + chunk], 1, order[:, :kk])
+    return out_sims, out_labels
+
+
+def knn_predict_from_topk(
+    sims: ArrayLike,
+    labels: ArrayLike,
+    *,
+    k: int,
+    num_classes: int,
+    temperature: float = 0.07,
+) -> Tensor:
+    """Eq. 11 class scores ``(n_test, num_classes)`` from the first ``k`` of precomputed, sorted neighbours
+    (:func:`knn_topk` / :func:`merge_topk`); the counterpart of :func:`knn_predict`."""
+    s, lab = _as_topk(sims, labels, "topk")
+    k = _check_int(k, "k")
+    if k > s.shape[1]:
+        raise ValueError(f"k={k} exceeds the {s.shape[1]} neighbours given per test row")
+    num_classes = _check_int(num_classes, "num_classes")
+    _check_label_range(lab, "labels", num_classes)
+    tau = _check_temperature(temperature)
+    return _vote(s[:, :k], lab[:, :k], num_classes, tau)
+
+
+def knn_accuracy_from_topk(
+    sims: ArrayLike,
+    labels: ArrayLike,
+    test_labels: ArrayLike,
+    ks: Sequence[int] = (10, 20, 100, 200),
+    num_classes: int | None = None,
+    temperature: float = 0.07,
+    *,
+    chunk_size: int = 1024,
+) -> dict[str, float | int]:
+    """:func:`knn_accuracy` from precomputed, sorted neighbours (``(n_test, m)`` sims and labels, e.g. the merged
+    per-shard top-k of :func:`merge_topk`): the same keys (``top1_k{k}``, ``top1_best``, ``best_k``) and the same
+    Eq. 11 vote. A ``k`` above the ``m`` neighbours given is capped at ``m`` with a ``UserWarning`` (as
+    :func:`knn_accuracy` caps at ``n_train``; search with ``k >= max(ks)`` to avoid it). ``num_classes=None``
+    infers ``max(labels, test_labels) + 1``; it does not change the predictions.
+    """
+    s, lab = _as_topk(sims, labels, "topk")
+    test_y = _as_labels(test_labels, "test_labels", s.shape[0], s.device)
+    if s.shape[0] == 0:
+        raise ValueError("the top-k lists are empty (0 test rows): accuracy is undefined")
+    if s.shape[1] == 0:
+        raise ValueError("no neighbours given (0 columns): is the training set empty?")
+    ks_list = _parse_ks(ks)
+    num_classes = _resolve_num_classes(num_classes, lab, "labels", test_y)
+    tau = _check_temperature(temperature)
+    chunk = _check_int(chunk_size, "chunk_size")
+    eff = _effective_ks(ks_list, s.shape[1], f"the {s.shape[1]} neighbours given per test row")
+    correct = {kv: 0 for kv in ks_list}
+    for start in range(0, s.shape[0], chunk):
+        end = start + chunk
+        _count_correct(s[start:end], lab[start:end], test_y[start:end], eff, num_classes, tau, correct)
+    return _accuracy_result(correct, s.shape[0])

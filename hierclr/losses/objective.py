@@ -104,7 +104,9 @@ class PCLObjective:
         self.temperature = temperature
         self.num_negatives = num_negatives
 
-    def __call__(self, q, k, queue, prototypes: Prototypes | None, ids, *, generator=None):
+    def __call__(self, q, k, queue, prototypes: Prototypes | None, ids, *, local_q=(), generator=None):
+        if local_q:
+            raise ValueError("PCL v2 is defined for two views; multi-crop local views are an HCSC option")
         inst = info_nce(q, k, queue, self.temperature)
         metrics = {"loss/instance": inst.detach()}
         loss = inst

@@ -10,9 +10,19 @@ from collections.abc import Callable
 
 from torch import nn
 from torchvision.models import ResNet, resnet18, resnet50
+from torchvision.models.resnet import BasicBlock
+
+
+def resnet10(*, weights=None, **kwargs) -> ResNet:
+    """ResNet-10 (one BasicBlock per stage, 512-d features): a small trunk for CPU tests and demos."""
+    if weights is not None:
+        raise ValueError("resnet10 has no pretrained weights")
+    return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
+
 
 # name -> torchvision constructor; the feature dimension is read from the built model's fc.
 _RESNETS: dict[str, Callable[..., ResNet]] = {
+    "resnet10": resnet10,
     "resnet18": resnet18,
     "resnet50": resnet50,
 }

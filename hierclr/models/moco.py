@@ -191,14 +191,20 @@ class MoCo(nn.Module):
         return F.normalize(self.encoder_k(x), dim=1)
 
     def forward(
-        self, im_q: torch.Tensor, im_k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(q, k)``: queries with gradient; keys from the freshly momentum-updated encoder."""
+        self, im_q: torch.Tensor, im_k: torch.Tensor, local_views: list[torch.Tensor] | tuple = ()
+    ) -> tuple[torch.Tensor, ...]:
+        """Return ``(q, k)``: queries with gradient; keys from the freshly momentum-updated encoder.
+
+        With multi-crop ``local_views``, return ``(q, k, [q_local, ...])``: the local queries are
+        computed inside this forward so that, under DDP, their gradients are reduced with the global
+        view's (a query computed outside the wrapper would bypass DDP's gradient hooks).
+        """
         q = self.forward_query(im_q)
+        local_q = [self.forward_query(v) for v in local_views]
         with torch.no_grad():
             self.momentum_update()
             k = self.forward_key(im_k)
-        return q, k
+        return (q, k, local_q) if local_views else (q, k)
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:

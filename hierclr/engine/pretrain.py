@@ -1,0 +1,251 @@
+"""The pretraining driver: resolve data, start the clustering service and MLflow run, run Ray Train.
+
+``run_pretrain(cfg)`` is what ``hierclr pretrain`` and ``pipelines/pretrain.py`` call. It runs on the
+Ray driver (a laptop with a local Ray, or the head node under ``ray job submit``); the training itself
+runs in :func:`hierclr.engine.train_loop.train_loop_per_worker` on the Ray Train workers.
+
+Run directories: ``<checkpoint.storage_path>/<name>-<YYYYmmdd-HHMMSS>`` per invocation. ``resume="latest"``
+reuses the newest run directory of the same ``name`` (Ray Train restores its latest checkpoint and the
+same MLflow run continues); ``resume=PATH`` starts a new run directory from a checkpoint (or the newest
+checkpoint of a run directory) and also continues the MLflow run recorded in it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hierclr.data.fs import resolve
+from hierclr.engine.checkpoint import latest_checkpoint, latest_run, load_checkpoint, read_state_json
+from hierclr.engine.config import PretrainConfig, flatten
+from hierclr.engine.train_loop import RunContext, build_model, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainResult:
+    run_dir: str
+    checkpoint: str | None
+    history: list[dict]
+    best: dict | None
+    mlflow_run_id: str | None
+    bad_images: list = field(default_factory=list)
+
+
+def _storage_root(cfg: PretrainConfig) -> str:
+    uri = cfg.checkpoint.storage_path
+    if uri.startswith(("s3://", "gs://")):
+        return uri.rstrip("/")
+    return str(Path(os.path.expanduser(uri)).resolve())
+
+
+def _data_path(uri: str, cfg: PretrainConfig) -> str:
+    from hierclr.data.builtin import is_builtin, materialize_builtin
+
+    if is_builtin(uri):
+        return materialize_builtin(uri, Path(os.path.expanduser(cfg.data.builtin_cache)))
+    return uri
+
+
+def _start_ray(cfg: PretrainConfig) -> None:
+    import ray
+
+    from hierclr.runtime import ensure_ray
+
+    if ray.is_initialized():
+        return
+    if cfg.resources.address:
+        ray.init(address=cfg.resources.address, log_to_driver=True)
+    else:
+        ensure_ray(cfg.resources.local_num_cpus)
+
+
+def _resolve_run(cfg: PretrainConfig, root: str, resume: str | None) -> tuple[str, str | None, dict | None]:
+    """(run name, checkpoint to load when Ray has none, that checkpoint's state.json)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if resume is None:
+        name = f"{cfg.name}-{stamp}"
+        if Path(root, name).exists():
+            name = f"{name}-{uuid.uuid4().hex[:4]}"
+        return name, None, None
+    if resume == "latest":
+        name = latest_run(root, cfg.name)
+        if name is None:
+            raise ValueError(f"--resume latest: no run named {cfg.name!r} with a checkpoint under {root}")
+        ckpt = latest_checkpoint(Path(root, name))
+        return name, str(ckpt), read_state_json(ckpt)
+    ckpt = latest_checkpoint(resume)
+    return f"{cfg.name}-{stamp}", str(ckpt), read_state_json(ckpt)
+
+
+def _check_resume_config(cfg: PretrainConfig, ckpt: str) -> None:
+    """A checkpoint only continues the same model and objective; schedules and resources may change."""
+    import yaml
+
+    old = yaml.safe_load(Path(ckpt, "config.yaml").read_text()) if Path(ckpt, "config.yaml").is_file() else None
+    if not old:
+        return
+    new = cfg.model_dump(mode="json")
+    for section in ("method", "model"):
+        if old.get(section) != new.get(section):
+            raise ValueError(f"--resume {ckpt}: the checkpoint was trained with {section}={old.get(section)!r}, "
+                             f"this config has {new.get(section)!r}")
+
+
+def run_pretrain(
+    cfg: PretrainConfig,
+    *,
+    resume: str | None = None,
+    stop_after_epoch: int | None = None,
+    echo=print,
+    _inject_failure: dict | None = None,
+) -> PretrainResult:
+    """Run (or resume) one pretraining run; returns where it went and its per-epoch history."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from hierclr.data import embed_stream, open_source, train_data_config, train_stream
+    from hierclr.data.streams import StreamConfig, start_epoch_clock
+    from hierclr.engine.tracking import Tracker, resolved_uri
+
+    _start_ray(cfg)
+    root = _storage_root(cfg)
+    run_name, resume_ckpt, resume_state = _resolve_run(cfg, root, resume)
+    if resume_ckpt:
+        _check_resume_config(cfg, resume_ckpt)
+    run_dir = f"{root}/{run_name}"
+    start_epoch = int(resume_state["epoch"]) + 1 if resume_state else 0
+
+    # ---- data
+    train_src = open_source(_data_path(cfg.data.train, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
+    val_src = (open_source(_data_path(cfg.data.val, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
+               if cfg.data.val else None)
+    if val_src is not None and val_src.classes and train_src.classes and val_src.classes != train_src.classes:
+        raise ValueError(f"data.val ({cfg.data.val}) has classes {list(val_src.classes)[:5]}..., different from "
+                         f"data.train's {list(train_src.classes)[:5]}...: kNN needs one label space")
+    scfg = StreamConfig(transforms=cfg.data.transform_config(), batch_size=cfg.data.decode_batch_size,
+                        num_cpus=cfg.data.num_cpus, augment_on=cfg.data.augment_on, seed=cfg.seed,
+                        max_bad_fraction=cfg.data.max_bad_fraction)
+    streams = {"train": train_stream(train_src, scfg), "embed": embed_stream(train_src, scfg)}
+    if val_src is not None:
+        streams["val"] = embed_stream(val_src, scfg)
+    if cfg.uses_clustering:
+        need = cfg.clustering.sizes[0] if cfg.method == "hcsc" else max(cfg.pcl.num_clusters)
+        if train_src.num_rows < need:
+            raise ValueError(f"data.train has {train_src.num_rows} images, fewer than the {need} prototypes asked "
+                             f"for ({'clustering.sizes' if cfg.method == 'hcsc' else 'pcl.num_clusters'})")
+    if train_src.num_rows < cfg.optim.batch_size:
+        raise ValueError(f"data.train has {train_src.num_rows} images, fewer than one global batch "
+                         f"(optim.batch_size={cfg.optim.batch_size})")
+
+    # ---- services: epoch clock, clustering actors, MLflow run
+    token = uuid.uuid4().hex[:8]
+    clock_name = f"hierclr-clock-{token}"
+    clock = start_epoch_clock(clock_name, start_epoch)
+    streams["train"].use_epoch_clock(clock_name)
+    # Unit (read-block) order is reseeded by Ray per execution; continue its count where the run stopped.
+    streams["train"].dataset.context._execution_idx = start_epoch
+    service = None
+    if cfg.uses_clustering:
+        from hierclr.engine.clustering_service import ClusteringService
+
+        service = ClusteringService.start(
+            f"hierclr-clustering-{token}", cfg.clustering, cfg.service, method=cfg.method,
+            pcl_sizes=cfg.pcl.num_clusters, num_rows=train_src.num_rows)
+    tracking = cfg.tracking.model_copy(update={"uri": resolved_uri(cfg.tracking)})
+    mlflow_run_id = (resume_state or {}).get("mlflow_run_id")
+    tracker = Tracker.start(tracking, run_name=run_name, params=flatten(cfg),
+                            tags={"hierclr.run_dir": run_dir, "hierclr.method": cfg.method,
+                                  "hierclr.train": cfg.data.train}, run_id=mlflow_run_id)
+    echo(f"hierclr pretrain: run {run_name} ({cfg.method}, {cfg.resources.num_workers} worker(s), "
+         f"{train_src.num_rows} images, epochs {start_epoch}..{cfg.optim.epochs - 1}); storage {run_dir}; "
+         f"MLflow {'run ' + tracker.run_id + ' at ' + tracking.uri if tracker.enabled else 'off'}")
+
+    loop_config = {
+        "config": cfg.model_dump(mode="json"),
+        "run": RunContext(
+            run_dir=run_dir, service_name=service.name if service else None, clock_name=clock_name,
+            num_classes=len(train_src.classes), has_val=val_src is not None, tracking_uri=tracking.uri,
+            mlflow_run_id=tracker.run_id, resume_from=resume_ckpt,
+            stop_after_epoch=stop_after_epoch, inject_failure=_inject_failure).__dict__,
+    }
+    res = cfg.resources
+    per_worker = {"CPU": res.cpus_per_worker}
+    if res.use_gpu:
+        per_worker["GPU"] = res.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
+        datasets={name: s.dataset for name, s in streams.items()},
+        dataset_config=train_data_config(("embed", "val")),
+        run_config=RunConfig(
+            name=run_name, storage_path=root,
+            failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+        ),
+    )
+    status = "FAILED"
+    try:
+        result = trainer.fit()
+        status = "FINISHED"
+    finally:
+        if status == "FAILED":
+            tracker.finish("FAILED")
+        if service is not None:
+            service.shutdown()
+        ray.kill(clock)
+    mlflow_run_id = tracker.run_id
+    bad = streams["train"].bad_images() + streams["embed"].bad_images()
+    ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
+    history, best = [], None
+    if ckpt_path is not None:
+        with result.checkpoint.as_directory() as d:
+            state = load_checkpoint(d)
+            history, best = state.history, state.best
+            _log_final_artifacts(tracker, cfg, state, run_dir, bad)
+    tracker.finish("FINISHED")
+    if bad:
+        echo(f"hierclr pretrain: skipped {len(bad)} undecodable image(s), e.g. {bad[0]}")
+    return PretrainResult(run_dir=run_dir, checkpoint=ckpt_path, history=history, best=best,
+                          mlflow_run_id=mlflow_run_id, bad_images=bad)
+
+
+def _log_final_artifacts(tracker, cfg: PretrainConfig, state, run_dir: str, bad: list) -> None:
+    """Resolved config, final prototypes, bad-image report, the last and best encoders as MLflow models."""
+    import tempfile
+
+    import torch
+
+    if not tracker.enabled:
+        return
+    tracker.log_text(cfg.to_yaml(), "config/resolved.yaml")
+    tracker.log_dict({"history": state.history, "best": state.best}, "history.json")
+    if bad:
+        tracker.log_text("\n".join(json.dumps(b.__dict__ if hasattr(b, "__dict__") else str(b)) for b in bad),
+                         "data/bad_images.jsonl")
+    with tempfile.TemporaryDirectory() as tmp:
+        if state.prototypes is not None:
+            state.prototypes.save(Path(tmp, "prototypes.pt"))
+            tracker.log_artifact(str(Path(tmp, "prototypes.pt")), "prototypes")
+    if not cfg.tracking.log_models:
+        return
+    size = cfg.data.transform_config().eval.crop
+    example = torch.zeros(2, 3, size, size)
+    model = build_model(cfg)
+    model.load_state_dict(state.model)
+    last_epoch = state.epoch
+    tracker.log_encoder("encoder_last", model.encoder_q, example, step=last_epoch)
+    best_file = resolve(run_dir).join("best_encoder.pt")
+    if best_file.exists():
+        import io
+
+        best = torch.load(io.BytesIO(best_file.read_bytes()), map_location="cpu", weights_only=True)
+        model.encoder_q.load_state_dict(best["encoder_q"])
+        tracker.log_encoder("encoder_best", model.encoder_q, example, step=int(best["epoch"]))

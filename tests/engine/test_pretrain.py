@@ -1,0 +1,133 @@
+"""End-to-end pretraining on a local Ray: real Ray Train (2 gloo workers), Ray Data streams over real parquet
+shards (scikit-learn's digits, built in), the clustering actor, checkpoints and a local MLflow store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hierclr.engine.checkpoint import checkpoints_in, load_checkpoint
+from hierclr.engine.config import load_config
+from hierclr.engine.pretrain import run_pretrain
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("builtin")
+
+
+def tiny_config(tmp: Path, cache: Path, *extra: str, **_):
+    return load_config("demo", [
+        f"checkpoint.storage_path={tmp}/runs", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        f"data.builtin_cache={cache}", "data.train=builtin://digits/val", "data.val=builtin://digits/val",
+        "data.decode_batch_size=64", "model.backbone=resnet10", "model.hidden_dim=128", "model.queue_size=128",
+        "model.momentum=0.9", "optim.batch_size=32", "optim.epochs=3", "optim.base_lr=0.24", "loss.warmup_epochs=1",
+        "clustering.sizes=[16,8,4]", "clustering.nredo=1", "service.cpus_per_actor=0", "resources.num_workers=2",
+        "eval.ks=[5,10]", *extra])
+
+
+def _mlflow(cfg):
+    from mlflow.tracking import MlflowClient
+
+    from hierclr.engine.tracking import resolved_uri
+
+    return MlflowClient(tracking_uri=resolved_uri(cfg.tracking))
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+EVERY_EPOCH = ["epoch", "lr", "loss/total", "loss/instance", "train/images_per_s", "train/steps", "time/embed",
+               "time/cluster", "time/broadcast", "time/train", "time/epoch", "knn/top1_k5", "knn/top1_k10",
+               "knn/top1_best"]
+HCSC_EPOCHS = [f"loss/{t}_l{level}" for t in ("instance", "prototype") for level in range(3)] + \
+    [f"kept_fraction/{t}_l{level}" for t in ("instance", "prototype") for level in range(3)] + \
+    [f"cluster/level{level}/{s}" for level in range(3) for s in (
+        "size_min", "size_median", "size_max", "empty_clusters", "phi_min", "phi_mean", "phi_max")] + \
+    ["loss/prototype"]
+
+
+def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_path, digits_cache):
+    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=4")
+    result = run_pretrain(cfg, echo=lambda *a: None)
+    assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
+    client = _mlflow(cfg)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.batch_size"] == "32"
+    assert run.data.params["clustering.sizes"] in ("[16, 8, 4]", "(16, 8, 4)")
+    for key in EVERY_EPOCH:
+        assert _steps(client, run.info.run_id, key) == [0, 1, 2, 3], key
+    for key in HCSC_EPOCHS:
+        assert _steps(client, run.info.run_id, key) == [1, 2, 3], key
+    h = result.history
+    # the warm-up epoch is plain InfoNCE; afterwards the objective has ICSC (3 levels summed) + PCSC
+    assert "loss/prototype" not in h[0] and h[1]["loss/prototype"] > 0
+    # the loss goes down: the prototype term (the instance terms sit near chance, ln(129), in 33 steps)
+    assert h[3]["loss/prototype"] < h[1]["loss/prototype"], [r["loss/prototype"] for r in h]
+    assert all(0 < r[f"kept_fraction/instance_l{level}"] <= 1 for r in h[1:] for level in range(3))
+    assert h[1]["cluster/level0/size_max"] >= h[1]["cluster/level0/size_min"]
+    assert 0.5 < h[-1]["knn/top1_best"] <= 1.0  # 10 digit classes: chance is 0.1
+    assert all(r["lr"] > 0 for r in h) and h[0]["lr"] > h[-1]["lr"]
+    # artifacts
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "prototypes", "history.json"} <= arts, arts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == ["config/resolved.yaml"]
+    # checkpoints: last one holds the final prototypes, both encoders and the queue
+    state = load_checkpoint(result.checkpoint)
+    assert state.epoch == 3 and state.prototypes is not None and state.prototypes.epoch == 3
+    assert state.prototypes.sizes == (16, 8, 4)
+    assert {"encoder_q.backbone.conv1.weight", "encoder_k.backbone.conv1.weight", "queue", "queue_ids"} <= set(
+        state.model)
+    assert (state.model["queue_ids"] >= 0).all()  # the queue was filled with real ids
+    assert Path(result.run_dir, "best_encoder.pt").is_file()
+
+
+def test_resume_latest_records_each_epoch_once(ray_session, tmp_path, digits_cache):
+    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=3")
+    first = run_pretrain(cfg, stop_after_epoch=1, echo=lambda *a: None)
+    assert [int(r["epoch"]) for r in first.history] == [0, 1]
+    saved = load_checkpoint(first.checkpoint)
+    assert saved.epoch == 1 and saved.prototypes is not None
+
+    second = run_pretrain(cfg, resume="latest", echo=lambda *a: None)
+    assert second.run_dir == first.run_dir and second.mlflow_run_id == first.mlflow_run_id
+    assert [int(r["epoch"]) for r in second.history] == [0, 1, 2]
+    assert second.history[:2] == first.history  # the carried history is the first run's, unchanged
+    client = _mlflow(cfg)
+    for key in ("loss/total", "epoch", "knn/top1_k10"):
+        assert _steps(client, second.mlflow_run_id, key) == [0, 1, 2], key
+    assert _steps(client, second.mlflow_run_id, "loss/prototype_l0") == [1, 2]
+    # the checkpoint the resumed run started from still holds exactly the saved prototypes
+    by_epoch = dict(checkpoints_in(second.run_dir))
+    restored = load_checkpoint(by_epoch[1]).prototypes
+    for a, b in zip(restored.centroids + restored.phi, saved.prototypes.centroids + saved.prototypes.phi):
+        assert torch.equal(a, b)
+    assert torch.equal(restored.assignments, saved.prototypes.assignments)
+    final = load_checkpoint(second.checkpoint)
+    assert final.epoch == 2 and final.prototypes.epoch == 2
+    assert client.get_run(second.mlflow_run_id).info.status == "FINISHED"
+
+
+def test_worker_failure_restarts_from_last_checkpoint(ray_session, tmp_path, digits_cache):
+    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=3", "checkpoint.max_failures=1")
+    marker = tmp_path / "failed-once"
+    result = run_pretrain(cfg, echo=lambda *a: None, _inject_failure={"epoch": 2, "rank": 1, "step": 2,
+                                                                     "marker": str(marker)})
+    assert marker.is_file()  # the failure did happen
+    assert [int(r["epoch"]) for r in result.history] == [0, 1, 2]
+    client = _mlflow(cfg)
+    assert _steps(client, result.mlflow_run_id, "loss/total") == [0, 1, 2]
+
+
+def test_worker_failure_without_retries_fails_the_run(ray_session, tmp_path, digits_cache):
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=2", "loss.warmup_epochs=2", "eval.every=0")
+    with pytest.raises(TrainingFailedError, match="injected worker failure"):
+        run_pretrain(cfg, echo=lambda *a: None,
+                     _inject_failure={"epoch": 0, "rank": 0, "marker": str(tmp_path / "m")})
