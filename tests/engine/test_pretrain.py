@@ -131,3 +131,15 @@ def test_worker_failure_without_retries_fails_the_run(ray_session, tmp_path, dig
     with pytest.raises(TrainingFailedError, match="injected worker failure"):
         run_pretrain(cfg, echo=lambda *a: None,
                      _inject_failure={"epoch": 0, "rank": 0, "marker": str(tmp_path / "m")})
+
+
+def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache):
+    """PCL v2 (flat K-means at each granularity through the clustering service, ProtoNCE) on one worker."""
+    cfg = tiny_config(tmp_path, digits_cache, "method=pcl", "pcl.num_clusters=[8,20]", "pcl.num_negatives=4",
+                      "resources.num_workers=1", "optim.epochs=2", "eval.every=0", "tracking.log_models=false")
+    result = run_pretrain(cfg, echo=lambda *a: None)
+    h = result.history
+    assert [int(r["epoch"]) for r in h] == [0, 1]
+    assert "loss/prototype" not in h[0] and h[1]["loss/prototype"] > 0
+    assert h[1]["cluster/level0/num_prototypes"] == 8 and h[1]["cluster/level1/num_prototypes"] == 20
+    assert load_checkpoint(result.checkpoint).prototypes.sizes == (8, 20)
