@@ -104,6 +104,7 @@ def run_pretrain(
     stop_after_epoch: int | None = None,
     echo=print,
     _inject_failure: dict | None = None,
+    _inject_actor_fault: tuple[int, str] | None = None,
 ) -> PretrainResult:
     """Run (or resume) one pretraining run; returns where it went and its per-epoch history."""
     import ray
@@ -158,6 +159,8 @@ def run_pretrain(
         service = ClusteringService.start(
             f"hierclr-clustering-{token}", cfg.clustering, cfg.service, method=cfg.method,
             pcl_sizes=cfg.pcl.num_clusters, num_rows=train_src.num_rows)
+        if _inject_actor_fault is not None:  # tests: a K-means actor dies during the next E-step
+            service.inject_fault(*_inject_actor_fault)
     tracking = cfg.tracking.model_copy(update={"uri": resolved_uri(cfg.tracking)})
     mlflow_run_id = (resume_state or {}).get("mlflow_run_id")
     tracker = Tracker.start(tracking, run_name=run_name, params=flatten(cfg),

@@ -143,3 +143,12 @@ def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache)
     assert "loss/prototype" not in h[0] and h[1]["loss/prototype"] > 0
     assert h[1]["cluster/level0/num_prototypes"] == 8 and h[1]["cluster/level1/num_prototypes"] == 20
     assert load_checkpoint(result.checkpoint).prototypes.sizes == (8, 20)
+
+
+def test_clustering_actor_killed_during_estep_is_restarted(ray_session, tmp_path, digits_cache):
+    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=2", "eval.every=0", "tracking.log_models=false")
+    result = run_pretrain(cfg, echo=lambda *a: None, _inject_actor_fault=(0, "cluster"))
+    h = result.history
+    assert [int(r["epoch"]) for r in h] == [0, 1]
+    assert h[1]["cluster/attempts"] == 2  # the first attempt died with the actor, the retry finished the epoch
+    assert load_checkpoint(result.checkpoint).prototypes.sizes == (16, 8, 4)
