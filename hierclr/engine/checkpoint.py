@@ -183,4 +183,5 @@ def latest_run(storage_path: str | os.PathLike, name: str) -> str | None:
         return None
     pattern = re.compile(rf"^{re.escape(name)}(-\d{{8}}-\d{{6}}(-\d+)?)?$")
     runs = [d for d in root.iterdir() if d.is_dir() and pattern.match(d.name) and checkpoints_in(d)]
-    return max(runs, key=lambda d: d.stat().st_mtime).name if runs else None
+    # newest by the start time in the name (YYYYmmdd-HHMMSS sorts as text); a bare `name` counts as oldest
+    return max(runs, key=lambda d: (d.name[len(name):], d.stat().st_mtime)).name if runs else None

@@ -32,7 +32,7 @@ def test_sharded_lloyd_equals_single_lloyd(rng):
     torch.testing.assert_close(sum(p[0] for p in parts), full_sums)
     torch.testing.assert_close(sum(p[1] for p in parts), full_counts)
     torch.testing.assert_close(sum(p[2] for p in parts), full_obj)
-    new, nsplit = update_centroids(full_sums, full_counts, c)
+    new, _nsplit = update_centroids(full_sums, full_counts, c)
     # reference: mean of members, by loops
     d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)
     lab = d2.argmin(1)
@@ -61,7 +61,7 @@ def test_nearest_centroid_matches_brute_force(rng):
     ref = ((x[:, None] - c[None]) ** 2).sum(-1)
     torch.testing.assert_close(idx, ref.argmin(1))
     torch.testing.assert_close(d2, ref.min(1).values, atol=1e-4, rtol=1e-4)
-    D, I = assign(x.numpy(), c.numpy(), backend="faiss")
+    _D, I = assign(x.numpy(), c.numpy(), backend="faiss")
     np.testing.assert_array_equal(I, ref.argmin(1).numpy())
 
 
@@ -69,7 +69,7 @@ def test_nearest_centroid_matches_brute_force(rng):
 def test_nredo_keeps_the_best_run_and_recovers_blobs(rng, backend):
     from sklearn.metrics import adjusted_mutual_info_score
 
-    x, labels = blobs(rng)
+    x, _labels = blobs(rng)
     one = kmeans(x, 12, nredo=1, seed=3, backend=backend)
     five = kmeans(x, 12, nredo=5, seed=3, backend=backend)  # its first redo is the nredo=1 run
     assert five.objective <= one.objective + 1e-6

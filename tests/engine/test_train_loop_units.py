@@ -2,6 +2,7 @@
 metric averaging and the sharded kNN (single process, no process group)."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -25,6 +26,15 @@ from hierclr.losses import HCSCObjective, PCLObjective
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread (two threads on a busy 2-core box spin-wait, ~100x slower BN)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ------------------------------------------------------------------------------------------ lr schedule
 def test_cosine_schedule_by_hand():
     cfg = load_config(None, ["optim.epochs=10", "optim.batch_size=512", "optim.base_lr=0.03"])
@@ -36,7 +46,7 @@ def test_cosine_schedule_by_hand():
     assert epoch_lr(cfg, 5) == pytest.approx(0.03)
     assert epoch_lr(cfg, 10) == pytest.approx(0.0, abs=1e-15)  # the schedule's end point
     lrs = [epoch_lr(cfg, e) for e in range(10)]
-    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # strictly decreasing over the run
+    assert all(a > b for a, b in itertools.pairwise(lrs))  # strictly decreasing over the run
 
 
 def test_constant_schedule():

@@ -62,7 +62,7 @@ def test_pcsc_with_given_masks_matches_loops(drop):
     q = unit(6, 6, seed=5).requires_grad_()
     ids = torch.tensor([0, 1, 2, 2, 9, 30])
     masks = [rand_mask(6, m, seed=40 + l) for l, m in enumerate(P.sizes)]
-    loss, info = pcsc_loss(q, P, ids, negative_drop=drop, masks=masks)
+    loss, _info = pcsc_loss(q, P, ids, negative_drop=drop, masks=masks)
     per_level = [
         ref.proto_nce_level(q.tolist(), P.centroids[l].tolist(), P.phi[l].tolist(), P.assignments[ids, l].tolist(), masks[l].tolist(), drop)
         for l in range(3)
@@ -109,7 +109,7 @@ def test_pcsc_when_every_prototype_is_a_positive():
     # 3 prototypes, the batch covers all of them: no candidate negative is left, only the positive
     C = [unit(3, 6, seed=0)]
     P = Prototypes(C, [], [torch.full((3,), 0.2, dtype=torch.float64)], torch.tensor([[0], [1], [2], [0]]))
-    loss, info = pcsc_loss(unit(4, 6, seed=1), P, torch.arange(4))
+    loss, _info = pcsc_loss(unit(4, 6, seed=1), P, torch.arange(4))
     assert loss.item() == pytest.approx(0.0, abs=1e-12)
 
 

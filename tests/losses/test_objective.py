@@ -19,7 +19,7 @@ def batch():
     a0 = torch.randint(0, 8, (30,), generator=torch.Generator().manual_seed(0))
     P = Prototypes([unit(m, 6, seed=m) for m in sizes], parents, [torch.full((m,), 0.2, dtype=torch.float64) for m in sizes],
                    compose_assignments(a0, parents))
-    return dict(q=unit(5, 6, seed=1), k=unit(5, 6, seed=2), queue=unit(9, 6, seed=3), protos=P, ids=torch.tensor([0, 4, 8, 12, 29]))
+    return {"q": unit(5, 6, seed=1), "k": unit(5, 6, seed=2), "queue": unit(9, 6, seed=3), "protos": P, "ids": torch.tensor([0, 4, 8, 12, 29])}
 
 
 def G():
@@ -49,11 +49,11 @@ def test_full_objective_is_icsc_plus_pcsc(batch):
 @pytest.mark.parametrize(
     "switches,expected",
     [
-        (dict(instance_selection=False), "infonce+pcsc"),
-        (dict(instance_loss=False), "pcsc"),
-        (dict(prototype_loss=False), "icsc"),
-        (dict(prototype_selection=False), "icsc+pcsc_nosel"),
-        (dict(instance_selection=False, prototype_selection=False), "infonce+pcsc_nosel"),
+        ({"instance_selection": False}, "infonce+pcsc"),
+        ({"instance_loss": False}, "pcsc"),
+        ({"prototype_loss": False}, "icsc"),
+        ({"prototype_selection": False}, "icsc+pcsc_nosel"),
+        ({"instance_selection": False, "prototype_selection": False}, "infonce+pcsc_nosel"),
     ],
 )
 def test_table5_ablations(batch, switches, expected):

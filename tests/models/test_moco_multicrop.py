@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import socket
+import warnings
 
 import pytest
 import torch
@@ -20,6 +21,15 @@ from hierclr.models import MoCo
 DIM = 32
 QUEUE = 64
 N_IDS = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread (two threads on a busy 2-core box spin-wait, ~100x slower BN)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def small_moco(seed: int = 0) -> MoCo:
@@ -147,7 +157,9 @@ def test_ddp_step_with_local_views_equals_the_unwrapped_step(single_process_grou
     plain = copy.deepcopy(model)
     no_local = copy.deepcopy(model)
     initial = copy.deepcopy(model)
-    ddp = DDP(model, broadcast_buffers=False)  # as the Ray Train loop wraps it
+    with warnings.catch_warnings():  # torch 2.14 deprecates the argument; the Ray Train loop passes it
+        warnings.simplefilter("ignore", FutureWarning)
+        ddp = DDP(model, broadcast_buffers=False)
     steps = [torch.tensor([3, 7, 1, 12]), torch.tensor([0, 5, 9, 14])]
 
     m_ddp = _step(ddp, steps)
@@ -171,7 +183,8 @@ def test_ddp_step_with_local_views_equals_the_unwrapped_step(single_process_grou
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-5), key
     # ... and the local views did contribute to it
-    diff = max(float((p - p2).abs().max()) for p, p2 in zip(model.encoder_q.parameters(), no_local.encoder_q.parameters()))
+    pairs = zip(model.encoder_q.parameters(), no_local.encoder_q.parameters())
+    diff = max(float((p - p2).detach().abs().max()) for p, p2 in pairs)
     assert diff > 1e-4
 
     # embed_pass sees through the wrapper and leaves it in train mode
