@@ -108,6 +108,7 @@ def run_pretrain(
 ) -> PretrainResult:
     """Run (or resume) one pretraining run; returns where it went and its per-epoch history."""
     import ray
+    import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -123,7 +124,10 @@ def run_pretrain(
     run_dir = f"{root}/{run_name}"
     start_epoch = int(resume_state["epoch"]) + 1 if resume_state else 0
 
-    # ---- data
+    # ---- data (Ray Data's per-operator progress bars would interleave with the workers' epoch lines)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
     train_src = open_source(_data_path(cfg.data.train, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
     val_src = (open_source(_data_path(cfg.data.val, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
                if cfg.data.val else None)
@@ -221,7 +225,8 @@ def run_pretrain(
 
 
 def _log_final_artifacts(tracker, cfg: PretrainConfig, state, run_dir: str, bad: list) -> None:
-    """Resolved config, final prototypes, bad-image report, the last and best encoders as MLflow models."""
+    """Resolved config, final prototypes, bad-image report, and the last and best encoders as MLflow models: the
+    query encoder's ResNet trunk (avgpool features), what kNN / linear evaluation and downstream tasks read."""
     import tempfile
 
     import torch
@@ -244,11 +249,11 @@ def _log_final_artifacts(tracker, cfg: PretrainConfig, state, run_dir: str, bad:
     model = build_model(cfg)
     model.load_state_dict(state.model)
     last_epoch = state.epoch
-    tracker.log_encoder("encoder_last", model.encoder_q, example, step=last_epoch)
+    tracker.log_encoder("encoder_last", model.encoder_q.backbone, example, step=last_epoch)
     best_file = resolve(run_dir).join("best_encoder.pt")
     if best_file.exists():
         import io
 
         best = torch.load(io.BytesIO(best_file.read_bytes()), map_location="cpu", weights_only=True)
         model.encoder_q.load_state_dict(best["encoder_q"])
-        tracker.log_encoder("encoder_best", model.encoder_q, example, step=int(best["epoch"]))
+        tracker.log_encoder("encoder_best", model.encoder_q.backbone, example, step=int(best["epoch"]))

@@ -285,6 +285,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(report)
         if tracker is not None:
             tracker.log_metrics(epoch, report)
+        if rank == 0:
+            print(epoch_line(row, cfg.optim.epochs), flush=True)
+
+
+def epoch_line(row: dict[str, float], epochs: int) -> str:
+    """One human-readable progress line per epoch (the full row goes to Ray Train and MLflow)."""
+    parts = [f"epoch {int(row['epoch'])}/{epochs - 1}", f"loss {row.get('loss/total', float('nan')):.4f}",
+             f"lr {row['lr']:.4g}", f"{row['train/images_per_s']:.0f} img/s"]
+    if "knn/top1_best" in row:
+        parts.append(f"kNN top-1 {row['knn/top1_best']:.4f} (k={int(row.get('knn/best_k', 0))})")
+    t = {k.split("/")[1]: row[k] for k in ("time/embed", "time/cluster", "time/broadcast", "time/train") if k in row}
+    parts.append("time " + " ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+    return "hierclr | " + " | ".join(parts)
 
 
 def _restore_state(run: RunContext) -> TrainingState | None:

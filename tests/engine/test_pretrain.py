@@ -51,7 +51,7 @@ HCSC_EPOCHS = [f"loss/{t}_l{level}" for t in ("instance", "prototype") for level
     ["loss/prototype"]
 
 
-def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_path, digits_cache):
+def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_path, digits_cache, monkeypatch):
     cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=4")
     result = run_pretrain(cfg, echo=lambda *a: None)
     assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
@@ -85,6 +85,18 @@ def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_pat
         state.model)
     assert (state.model["queue_ids"] >= 0).all()  # the queue was filled with real ids
     assert Path(result.run_dir, "best_encoder.pt").is_file()
+    # the last and best query encoders are MLflow PyTorch models of this run, with a signature
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    ours = {m.name: m for m in models if m.source_run_id == run.info.run_id}
+    assert set(ours) == {"encoder_last", "encoder_best"}, set(ours)
+    import mlflow
+
+    from hierclr.engine.tracking import resolved_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", resolved_uri(cfg.tracking))  # models:/ URIs resolve globally
+    info = mlflow.models.get_model_info(f"models:/{ours['encoder_last'].model_id}")
+    assert info.signature.inputs.inputs[0].shape == (-1, 3, 32, 32)
+    assert info.signature.outputs.inputs[0].shape == (-1, 512)  # resnet10 avgpool features
 
 
 def test_resume_latest_records_each_epoch_once(ray_session, tmp_path, digits_cache):
