@@ -127,6 +127,23 @@ def test_val_fraction_subset_resize_reencode(tmp_path, ray_session):
                                    subset_file=str(tmp_path / "bad.txt")))
 
 
+def test_subset_by_class_path_when_file_names_repeat(tmp_path, ray_session):
+    """CIFAR-style trees reuse file names across classes: subset entries then name <class>/<file>."""
+    for c in ("cat", "dog"):
+        (tmp_path / "raw" / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "raw" / "train" / c / f"{i:04d}.png")
+    (tmp_path / "list.txt").write_text("dog/0001.png\ncat/0002.png\n")
+    m = prepare_data(PrepareConfig(source=str(tmp_path / "raw"), out=str(tmp_path / "sub"),
+                                   subset_file=str(tmp_path / "list.txt")))
+    assert m["train"].num_rows == 2
+    assert sorted(_table(tmp_path / "sub" / "train")["key"].to_pylist()) == ["cat/0002.png", "dog/0001.png"]
+    (tmp_path / "bare.txt").write_text("0001.png\n")
+    with pytest.raises(DataFormatError, match="'0001.png' occurs in several classes .* <class>/<file>"):
+        prepare_data(PrepareConfig(source=str(tmp_path / "raw"), out=str(tmp_path / "x"),
+                                   subset_file=str(tmp_path / "bare.txt")))
+
+
 def test_corrupt_images_skipped_or_abort(tmp_path, ray_session):
     make_image_folder(tmp_path / "raw" / "train", per_class=10, corrupt=1)
     m = prepare_data(PrepareConfig(source=str(tmp_path / "raw"), out=str(tmp_path / "out"), max_bad_fraction=0.05))
