@@ -44,9 +44,11 @@ def main() -> None:
 
     from hierclr.engine.config import load_config
     from hierclr.engine.pretrain import run_pretrain
+    from hierclr.runtime import ensure_ray
 
     work = Path(tempfile.mkdtemp(prefix="hierclr-estep-"))
     sets = [f"checkpoint.storage_path={work}/runs", f"tracking.uri=sqlite:///{work}/mlflow.db", "data.val=null"]
+    ensure_ray(load_config(args.config, sets + args.set).resources.local_num_cpus)  # before prepare starts one
     if args.cifar10_jpg:
         sets.append(f"data.train={prepare_subset(args.cifar10_jpg, args.images, work)}")
     cfg = load_config(args.config, sets + args.set)

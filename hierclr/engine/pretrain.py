@@ -97,6 +97,30 @@ def _check_resume_config(cfg: PretrainConfig, ckpt: str) -> None:
                              f"this config has {new.get(section)!r}")
 
 
+def _check_resources(cfg: PretrainConfig) -> None:
+    """Fail fast when the Ray cluster cannot hold the run at all (Ray Train would otherwise wait forever)."""
+    import ray
+
+    res = cfg.resources
+    need_cpu = res.num_workers * res.cpus_per_worker + cfg.data.num_cpus
+    need_gpu = res.num_workers * res.gpus_per_worker if res.use_gpu else 0.0
+    if cfg.uses_clustering:
+        s = cfg.service
+        need_cpu += s.num_actors * (s.cpus_per_actor if s.gpus_per_actor == 0 else 0)
+        need_gpu += s.num_actors * s.gpus_per_actor
+    have = ray.cluster_resources()
+    short = [f"{need:g} {kind} (cluster has {have.get(kind, 0):g})" for kind, need in (("CPU", need_cpu), ("GPU", need_gpu))
+             if need > have.get(kind, 0) + 1e-9]
+    if not short:
+        return
+    msg = (f"the run needs {' and '.join(short)}: resources.num_workers x cpus_per_worker/gpus_per_worker + "
+           f"data.num_cpus + service.num_actors x cpus_per_actor/gpus_per_actor")
+    if cfg.resources.address or os.environ.get("RAY_ADDRESS"):
+        log.warning("%s; waiting for the cluster to scale up", msg)  # an autoscaling cluster may add nodes
+    else:
+        raise ValueError(f"{msg}; on a local Ray set resources.local_num_cpus (logical CPUs) or lower those fields")
+
+
 def run_pretrain(
     cfg: PretrainConfig,
     *,
@@ -148,6 +172,8 @@ def run_pretrain(
     if train_src.num_rows < cfg.optim.batch_size:
         raise ValueError(f"data.train has {train_src.num_rows} images, fewer than one global batch "
                          f"(optim.batch_size={cfg.optim.batch_size})")
+
+    _check_resources(cfg)
 
     # ---- services: epoch clock, clustering actors, MLflow run
     token = uuid.uuid4().hex[:8]

@@ -164,3 +164,9 @@ def test_clustering_actor_killed_during_estep_is_restarted(ray_session, tmp_path
     assert [int(r["epoch"]) for r in h] == [0, 1]
     assert h[1]["cluster/attempts"] == 2  # the first attempt died with the actor, the retry finished the epoch
     assert load_checkpoint(result.checkpoint).prototypes.sizes == (16, 8, 4)
+
+
+def test_a_run_the_local_cluster_cannot_hold_fails_fast(ray_session, tmp_path, digits_cache):
+    cfg = tiny_config(tmp_path, digits_cache, "resources.num_workers=8", "optim.batch_size=64", "model.queue_size=128")
+    with pytest.raises(ValueError, match=r"the run needs 9 CPU \(cluster has 4\)"):
+        run_pretrain(cfg, echo=lambda *a: None)
