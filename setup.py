@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "pyarrow>=14",
     "mlflow>=2.16,<4",
     "scikit-learn>=1.3",
+    "matplotlib>=3.7",  # sweep summaries and hierarchy plots (Agg, no display)
     "scipy>=1.10",
     "pydantic>=2.5,<3",
     "pyyaml>=6",
@@ -36,7 +37,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["hierclr", "hierclr.*"]),
-    package_data={"hierclr": ["presets/*.yaml"]},
+    package_data={"hierclr": ["presets/*.yaml", "presets/sweeps/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["hierclr=hierclr.cli:main"]},

@@ -117,6 +117,31 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from hierclr.engine.sweep_config import list_sweep_presets, load_sweep
+
+    if args.list_presets:
+        print("\n".join(list_sweep_presets()))
+        return 0
+    sweep = load_sweep(args.space, args.set or ())
+    if args.print_space:
+        sweep.validate_space()
+        print(sweep.to_yaml(), end="")
+        print(f"# {sweep.num_trials} trial(s): grid points x num_samples")
+        return 0
+    from hierclr.engine.sweep import run_sweep
+
+    t0 = time.perf_counter()
+    result = run_sweep(sweep, resume=args.resume, retry_failed=args.retry_failed)
+    print(json.dumps({"sweep_dir": result.sweep_dir, "best_trial": result.best.trial_id if result.best else None,
+                      "best": result.best.best if result.best else None, "best_config": result.best_config,
+                      "mlflow_parent_run_id": result.parent_run_id, "interrupted": result.interrupted,
+                      "trials": {s: sum(r.status == s for r in result.rows) for s in
+                                 ("FINISHED", "STOPPED", "FAILED", "UNFINISHED")},
+                      "seconds": round(time.perf_counter() - t0, 1)}))
+    return 3 if result.interrupted else 0
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     import hierclr
 
@@ -140,6 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--stop-after-epoch", dest="stop_after_epoch", type=int, default=None,
                      help="checkpoint and exit after this epoch (resume later with --resume latest)")
     pre.set_defaults(func=_cmd_pretrain)
+
+    swp = sub.add_parser("sweep", help="Ray Tune sweep of pretraining runs (hierarchy sizes, temperatures, ...)")
+    swp.add_argument("--space", default="demo-sweep", help="sweep file (YAML) or built-in sweep (--list-presets)")
+    swp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a sweep-file field, e.g. --set num_samples=4, --set name=try2, "
+                          "--set set.optim.epochs=2 (a base-config override for every trial)")
+    swp.add_argument("--resume", action="store_true",
+                     help="continue the interrupted sweep of this name: unfinished trials resume from their "
+                          "checkpoints, finished ones are kept, no MLflow run is duplicated")
+    swp.add_argument("--retry-failed", dest="retry_failed", action="store_true",
+                     help="with --resume: also resume trials that failed")
+    swp.add_argument("--print-space", dest="print_space", action="store_true",
+                     help="validate every value of the space against the config, print it and exit")
+    swp.add_argument("--list-presets", action="store_true", help="list the built-in sweep files and exit")
+    swp.set_defaults(func=_cmd_sweep)
 
     demo = sub.add_parser("demo", help="single-process MoCo v2 + HCSC on synthetic images (CPU, no download)")
     demo.add_argument("--epochs", type=int, default=4)

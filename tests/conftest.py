@@ -74,6 +74,12 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory) -> Path:
+    """Where ``builtin://digits`` is written once per test session."""
+    return tmp_path_factory.mktemp("builtin")
+
+
+@pytest.fixture(scope="session")
 def cifar10_jpg_root(shared_data_dir, tmp_path_factory) -> Path:
     """The real CIFAR-10 JPEG tree (``cifar10-jpg/{train,test}/<class>/*.jpg``), extracted once per session."""
     import tarfile

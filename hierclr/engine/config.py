@@ -106,12 +106,19 @@ class TrackingSection(_Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (default: embedded local store)")
     experiment: str = "hierclr"
     log_models: bool = Field(True, description="log the best and last encoder as MLflow PyTorch models")
+    hierarchy_every: int = Field(1, ge=0, description="log the prototype tree (JSON) and per-level cluster-size "
+                                                      "histograms every N E-step epochs (0: only at the end)")
+    chain_grids: int = Field(2, ge=0, description="image grids of prototype chains (finest to coarsest) at the end")
 
 
 class EvalSection(_Section):
     every: int = Field(1, ge=0, description="kNN on the val split every N epochs (0: never); always at the end")
     ks: tuple[int, ...] = (10, 20, 100, 200)
     temperature: float = Field(0.07, gt=0)
+    ami: bool = Field(True, description="AMI of the prototype assignments against every label level, per E-step "
+                                        "(paper Table 11), when the training split has labels")
+    ami_max_samples: int | None = Field(50_000, ge=100, description="seeded subsample for AMI (sklearn's expected "
+                                                                    "mutual information is slow at ImageNet scale)")
 
 
 class PretrainConfig(_Section):

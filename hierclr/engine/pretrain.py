@@ -37,6 +37,17 @@ class PretrainResult:
     bad_images: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TrackingLink:
+    """How a run joins a larger experiment (a sweep trial): its MLflow parent, a key that finds the same MLflow
+    run again when the trial is resumed, a display name and extra tags."""
+
+    parent_run_id: str | None = None
+    run_key: str | None = None
+    run_name: str | None = None
+    tags: dict = field(default_factory=dict)
+
+
 def _storage_root(cfg: PretrainConfig) -> str:
     uri = cfg.checkpoint.storage_path
     if uri.startswith(("s3://", "gs://")):
@@ -97,10 +108,8 @@ def _check_resume_config(cfg: PretrainConfig, ckpt: str) -> None:
                              f"this config has {new.get(section)!r}")
 
 
-def _check_resources(cfg: PretrainConfig) -> None:
-    """Fail fast when the Ray cluster cannot hold the run at all (Ray Train would otherwise wait forever)."""
-    import ray
-
+def run_needs(cfg: PretrainConfig) -> tuple[float, float]:
+    """(CPUs, GPUs) one run holds while it trains: Train workers, the data streams' budget, clustering actors."""
     res = cfg.resources
     need_cpu = res.num_workers * res.cpus_per_worker + cfg.data.num_cpus
     need_gpu = res.num_workers * res.gpus_per_worker if res.use_gpu else 0.0
@@ -108,6 +117,14 @@ def _check_resources(cfg: PretrainConfig) -> None:
         s = cfg.service
         need_cpu += s.num_actors * (s.cpus_per_actor if s.gpus_per_actor == 0 else 0)
         need_gpu += s.num_actors * s.gpus_per_actor
+    return need_cpu, need_gpu
+
+
+def _check_resources(cfg: PretrainConfig) -> None:
+    """Fail fast when the Ray cluster cannot hold the run at all (Ray Train would otherwise wait forever)."""
+    import ray
+
+    need_cpu, need_gpu = run_needs(cfg)
     have = ray.cluster_resources()
     short = [f"{need:g} {kind} (cluster has {have.get(kind, 0):g})" for kind, need in (("CPU", need_cpu), ("GPU", need_gpu))
              if need > have.get(kind, 0) + 1e-9]
@@ -127,6 +144,7 @@ def run_pretrain(
     resume: str | None = None,
     stop_after_epoch: int | None = None,
     echo=print,
+    link: TrackingLink | None = None,
     _inject_failure: dict | None = None,
     _inject_actor_fault: tuple[int, str] | None = None,
 ) -> PretrainResult:
@@ -193,9 +211,12 @@ def run_pretrain(
             service.inject_fault(*_inject_actor_fault)
     tracking = cfg.tracking.model_copy(update={"uri": resolved_uri(cfg.tracking)})
     mlflow_run_id = (resume_state or {}).get("mlflow_run_id")
-    tracker = Tracker.start(tracking, run_name=run_name, params=flatten(cfg),
-                            tags={"hierclr.run_dir": run_dir, "hierclr.method": cfg.method,
-                                  "hierclr.train": cfg.data.train}, run_id=mlflow_run_id)
+    link = link or TrackingLink()
+    tags = {"hierclr.run_dir": run_dir, "hierclr.method": cfg.method, "hierclr.train": cfg.data.train, **link.tags}
+    if link.parent_run_id:
+        tags["mlflow.parentRunId"] = link.parent_run_id  # what the MLflow UI nests runs by
+    tracker = Tracker.start(tracking, run_name=link.run_name or run_name, params=flatten(cfg), tags=tags,
+                            run_id=mlflow_run_id, run_key=link.run_key)
     echo(f"hierclr pretrain: run {run_name} ({cfg.method}, {cfg.resources.num_workers} worker(s), "
          f"{train_src.num_rows} images, epochs {start_epoch}..{cfg.optim.epochs - 1}); storage {run_dir}; "
          f"MLflow {'run ' + tracker.run_id + ' at ' + tracking.uri if tracker.enabled else 'off'}")
@@ -206,7 +227,8 @@ def run_pretrain(
             run_dir=run_dir, service_name=service.name if service else None, clock_name=clock_name,
             num_classes=len(train_src.classes), has_val=val_src is not None, tracking_uri=tracking.uri,
             mlflow_run_id=tracker.run_id, resume_from=resume_ckpt,
-            stop_after_epoch=stop_after_epoch, inject_failure=_inject_failure).__dict__,
+            stop_after_epoch=stop_after_epoch, inject_failure=_inject_failure,
+            level_map=train_src.level_map().tolist() if train_src.classes else None).__dict__,
     }
     res = cfg.resources
     per_worker = {"CPU": res.cpus_per_worker}
@@ -222,6 +244,7 @@ def run_pretrain(
             name=run_name, storage_path=root,
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            callbacks=_tune_callbacks(),
         ),
     )
     status = "FAILED"
@@ -242,7 +265,7 @@ def run_pretrain(
         with result.checkpoint.as_directory() as d:
             state = load_checkpoint(d)
             history, best = state.history, state.best
-            _log_final_artifacts(tracker, cfg, state, run_dir, bad)
+            _log_final_artifacts(tracker, cfg, state, run_dir, bad, train_src)
     tracker.finish("FINISHED")
     if bad:
         echo(f"hierclr pretrain: skipped {len(bad)} undecodable image(s), e.g. {bad[0]}")
@@ -250,16 +273,34 @@ def run_pretrain(
                           mlflow_run_id=mlflow_run_id, bad_images=bad)
 
 
-def _log_final_artifacts(tracker, cfg: PretrainConfig, state, run_dir: str, bad: list) -> None:
-    """Resolved config, final prototypes, bad-image report, and the last and best encoders as MLflow models: the
-    query encoder's ResNet trunk (avgpool features), what kNN / linear evaluation and downstream tasks read."""
+def _tune_callbacks() -> list:
+    """Inside a Ray Tune trial, forward every ``ray.train.report`` to Tune (its schedulers read them)."""
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    if not _in_tune_session():
+        return []
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return [TuneReportCallback()]
+
+
+def _log_final_artifacts(tracker, cfg: PretrainConfig, state, run_dir: str, bad: list, train_src) -> None:
+    """Resolved config, final prototypes, bad-image report, hierarchy views (tree, cluster sizes, chains of
+    images), learning curves, and the last and best encoders as MLflow models: the query encoder's ResNet trunk
+    (avgpool features), what kNN / linear evaluation and downstream tasks read."""
     import tempfile
 
     import torch
 
+    from hierclr.engine.run_artifacts import log_chains, log_curves, log_hierarchy
+
     if not tracker.enabled:
         return
     tracker.log_text(cfg.to_yaml(), "config/resolved.yaml")
+    log_curves(tracker, state.history)
+    if state.prototypes is not None:
+        log_hierarchy(tracker, state.prototypes, "hierarchy/final")
+        log_chains(tracker, state.prototypes, train_src, num_chains=cfg.tracking.chain_grids, seed=cfg.seed)
     tracker.log_dict({"history": state.history, "best": state.best}, "history.json")
     if bad:
         tracker.log_text("\n".join(json.dumps(b.__dict__ if hasattr(b, "__dict__") else str(b)) for b in bad),

@@ -35,6 +35,7 @@ from hierclr.data.transforms import MultiViewAugment
 from hierclr.engine.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hierclr.engine.config import PretrainConfig
 from hierclr.engine.metrics import MetricAverager
+from hierclr.engine.run_artifacts import log_curves, log_hierarchy
 from hierclr.engine.step import embed_pass, hcsc_train_step
 from hierclr.eval.knn import knn_accuracy_from_topk, knn_topk, merge_topk
 from hierclr.losses import HCSCObjective, PCLObjective
@@ -57,6 +58,7 @@ class RunContext:
     resume_from: str | None = None
     stop_after_epoch: int | None = None
     inject_failure: dict | None = None  # tests: {"epoch": e, "rank": r, "marker": path} raises once
+    level_map: list | None = None  # (C, L): class c's label at every hierarchy level; None: unlabelled data
 
 
 def epoch_lr(cfg: PretrainConfig, epoch: int) -> float:
@@ -126,6 +128,16 @@ def distributed_knn(train: dict, val: dict, *, ks, num_classes: int, temperature
     return {f"knn/{k}": float(v) for k, v in acc.items()}
 
 
+def gather_labels(ids: torch.Tensor, labels: torch.Tensor, num_rows: int, level_map: np.ndarray) -> np.ndarray:
+    """``(num_rows, L)`` labels of every dataset id at every hierarchy level (-1: unlabelled or not embedded),
+    assembled from all ranks' embed shards (a collective: every rank calls it; every rank gets the table)."""
+    table = np.full((num_rows, level_map.shape[1]), -1, np.int64)
+    for part_ids, part_labels in _gather_objects((ids.cpu().numpy(), labels.cpu().numpy())):
+        known = part_labels >= 0
+        table[part_ids[known]] = level_map[part_labels[known]]
+    return table
+
+
 def _embed_batches(iterator, eval_mean, eval_std, batch_size: int):
     mean = torch.tensor(eval_mean).view(1, 3, 1, 1)
     std = torch.tensor(eval_std).view(1, 3, 1, 1)
@@ -189,6 +201,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     num_views = MultiViewAugment(transforms.train).num_views
     ev = transforms.eval
 
+    level_map = np.asarray(run.level_map, np.int64) if run.level_map else None
+    labels_by_id = None  # filled at the first E-step when AMI is measured
     last = cfg.optim.epochs - 1
     if run.stop_after_epoch is not None:
         last = min(last, run.stop_after_epoch)
@@ -220,6 +234,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
             row.update(stats.as_metrics(prefix="cluster/"))
             protos = protos.to(device)
             check_ids = stats.num_missing > 0  # ids skipped by the embed stream must not reach the loss
+            if cfg.eval.ami and level_map is not None:
+                if labels_by_id is None:
+                    labels_by_id = gather_labels(embedded["ids"], embedded["labels"], len(protos.assignments),
+                                                 level_map)
+                if rank == 0:  # paper Table 11, per epoch
+                    from hierclr.eval.hierarchy_ami import prototype_label_ami
+
+                    row.update(prototype_label_ami(protos.assignments.cpu().numpy(), labels_by_id,
+                                                   max_samples=cfg.eval.ami_max_samples, seed=cfg.seed))
+            every = cfg.tracking.hierarchy_every
+            if tracker is not None and every and (epoch - cfg.loss.warmup_epochs) % every == 0:
+                log_hierarchy(tracker, protos, f"hierarchy/epoch_{epoch:03d}")
 
         # ---- M-step
         if rank == 0:
@@ -280,11 +306,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     optimizer=optimizer.state_dict(), prototypes=protos.to("cpu") if protos is not None else None,
                     history=history, best=best, mlflow_run_id=run.mlflow_run_id, config=cfg.to_yaml(),
                     rng=rng_state()))
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                ray.train.report({**report, "epochs_done": epoch + 1},
+                                 checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
-            ray.train.report(report)
+            ray.train.report({**report, "epochs_done": epoch + 1})  # epochs_done: Tune schedulers' clock
         if tracker is not None:
             tracker.log_metrics(epoch, report)
+            log_curves(tracker, history)
         if rank == 0:
             print(epoch_line(row, cfg.optim.epochs), flush=True)
 

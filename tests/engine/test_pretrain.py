@@ -14,11 +14,6 @@ from hierclr.engine.pretrain import run_pretrain
 pytestmark = pytest.mark.timeout(900)
 
 
-@pytest.fixture(scope="session")
-def digits_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("builtin")
-
-
 def tiny_config(tmp: Path, cache: Path, *extra: str, **_):
     return load_config("demo", [
         f"checkpoint.storage_path={tmp}/runs", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
