@@ -46,6 +46,8 @@ class TrackingLink:
     run_key: str | None = None
     run_name: str | None = None
     tags: dict = field(default_factory=dict)
+    stop_board: str | None = None  # cooperative early stopping (hierclr.engine.early_stop)
+    stop_key: str | None = None
 
 
 def _storage_root(cfg: PretrainConfig) -> str:
@@ -228,7 +230,8 @@ def run_pretrain(
             num_classes=len(train_src.classes), has_val=val_src is not None, tracking_uri=tracking.uri,
             mlflow_run_id=tracker.run_id, resume_from=resume_ckpt,
             stop_after_epoch=stop_after_epoch, inject_failure=_inject_failure,
-            level_map=train_src.level_map().tolist() if train_src.classes else None).__dict__,
+            level_map=train_src.level_map().tolist() if train_src.classes else None,
+            stop_board=link.stop_board, stop_key=link.stop_key).__dict__,
     }
     res = cfg.resources
     per_worker = {"CPU": res.cpus_per_worker}

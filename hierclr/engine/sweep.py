@@ -10,8 +10,8 @@ id; the trial's own driver process takes ``trial_cpus`` (0.01 by default: it onl
 MLflow: the sweep driver creates the experiment (named after the sweep) and a parent run holding the search
 space; each trial logs into a child run (tag ``mlflow.parentRunId``) found again by a run key on resume, so
 an interrupted and resumed sweep never duplicates runs. At the end the driver sets every child's final status
-(a trial the scheduler stopped early is KILLED with tag ``hierclr.sweep.status=stopped_early``; one that raised
-is FAILED), and logs to the parent the summary table, a plot of the metric against every swept parameter, the
+(a trial the scheduler stopped early ends itself at that epoch, see :mod:`hierclr.engine.early_stop`, and is
+FINISHED with tag ``hierclr.sweep.status=stopped_early``; one that raised is FAILED), and logs to the parent the summary table, a plot of the metric against every swept parameter, the
 best trial's metric and its config, which is also written to ``<sweep dir>/best_config.yaml`` for
 ``hierclr pretrain --config``.
 
@@ -56,6 +56,7 @@ class TrialContext:
     sweep_dir: str
     tracking: dict
     parent_run_id: str | None
+    stop_board: str | None = None
 
 
 def _short_params(params: dict[str, Any]) -> str:
@@ -89,7 +90,8 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     link = TrackingLink(parent_run_id=ctx.parent_run_id,
                         run_key=TRIAL_KEY.format(dir=ctx.sweep_dir, trial=trial_id),
                         run_name=f"{trial_id} {_short_params(params)}",
-                        tags={"hierclr.sweep": sweep.name, "hierclr.trial_id": trial_id})
+                        tags={"hierclr.sweep": sweep.name, "hierclr.trial_id": trial_id},
+                        stop_board=ctx.stop_board, stop_key=trial_id)
     cfg = None
     try:
         cfg = trial_pretrain_config(sweep, params, trial_id=trial_id, sweep_dir=ctx.sweep_dir, tracking=ctx.tracking)
@@ -141,9 +143,10 @@ def _parent_params(sweep: SweepConfig) -> dict[str, Any]:
 def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = False, echo=print) -> SweepResult:
     """Run (or resume) the sweep; returns the per-trial summary, the best trial and where its config went."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
+    from hierclr.engine.early_stop import CooperativeASHA, board_name, get_board
     from hierclr.engine.pretrain import _start_ray
     from hierclr.engine.tracking import Tracker
 
@@ -163,8 +166,11 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
                            tags={"hierclr.sweep": sweep.name, "hierclr.sweep_dir": sweep_dir, "hierclr.kind": "sweep"},
                            run_key=PARENT_KEY.format(dir=sweep_dir))
     parent.log_text(sweep.to_yaml(), "sweep/space.yaml")
+    board = board_name(sweep_dir) if sweep.scheduler.type == "asha" else None
+    if board:
+        get_board(board)
     ctx = TrialContext(sweep=sweep.model_dump(mode="json"), sweep_dir=sweep_dir, tracking=tracking,
-                       parent_run_id=parent.run_id)
+                       parent_run_id=parent.run_id, stop_board=board)
     concurrent = _concurrency(sweep, cfg0, echo)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": sweep.trial_cpus})
     max_t = sweep.max_t(cfg0)
@@ -176,11 +182,11 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
             tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True,
                                        resume_errored=retry_failed, restart_errored=False)
         else:
-            scheduler = (ASHAScheduler(time_attr=sweep.scheduler.time_attr, max_t=max_t,
-                                       grace_period=sweep.scheduler.grace_period,
-                                       reduction_factor=sweep.scheduler.reduction_factor,
-                                       brackets=sweep.scheduler.brackets)
-                         if sweep.scheduler.type == "asha" else FIFOScheduler())
+            scheduler = (CooperativeASHA(board=board, time_attr=sweep.scheduler.time_attr, max_t=max_t,
+                                         grace_period=sweep.scheduler.grace_period,
+                                         reduction_factor=sweep.scheduler.reduction_factor,
+                                         brackets=sweep.scheduler.brackets)
+                         if board else FIFOScheduler())
             tuner = tune.Tuner(
                 trainable,
                 param_space={k: d.to_tune() for k, d in sweep.space.items()},
@@ -288,11 +294,11 @@ def _rows(grid, sweep: SweepConfig, tcfg: TrackingSection, sweep_dir: str, max_t
 
 
 def _finalize_children(rows: list[TrialRow], tcfg: TrackingSection) -> None:
-    """Give every child run the final status of its trial (a stopped or interrupted trial's process was killed
-    before it could end its MLflow run itself)."""
+    """Give every child run the final status of its trial and a tag saying how it ended (an interrupted trial's
+    process was killed before it could end its MLflow run itself)."""
     from hierclr.engine.tracking import Tracker
 
-    status_of = {"FINISHED": "FINISHED", "STOPPED": "KILLED", "FAILED": "FAILED", "UNFINISHED": "KILLED"}
+    status_of = {"FINISHED": "FINISHED", "STOPPED": "FINISHED", "FAILED": "FAILED", "UNFINISHED": "KILLED"}
     tag_of = {"FINISHED": "finished", "STOPPED": "stopped_early", "FAILED": "failed", "UNFINISHED": "interrupted"}
     for row in rows:
         if row.mlflow_run_id is None:

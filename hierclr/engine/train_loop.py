@@ -17,6 +17,7 @@ continues at e + 1 exactly as the uninterrupted run would have.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -59,6 +60,8 @@ class RunContext:
     stop_after_epoch: int | None = None
     inject_failure: dict | None = None  # tests: {"epoch": e, "rank": r, "marker": path} raises once
     level_map: list | None = None  # (C, L): class c's label at every hierarchy level; None: unlabelled data
+    stop_board: str | None = None  # sweep trials: the early-stopping board (hierclr.engine.early_stop)
+    stop_key: str | None = None  # ... and this trial's id on it
 
 
 def epoch_lr(cfg: PretrainConfig, epoch: int) -> float:
@@ -299,22 +302,41 @@ def train_loop_per_worker(loop_config: dict) -> None:
         history.append(row)
         want_ckpt = (epoch + 1) % cfg.checkpoint.every == 0 or epoch == last
         report = {k: float(v) for k, v in row.items()}
-        if want_ckpt and rank == 0:
-            with tempfile.TemporaryDirectory(prefix="hierclr-ckpt-") as tmp:
-                save_checkpoint(tmp, TrainingState(
-                    epoch=epoch, model={k: v.cpu() for k, v in core.state_dict().items()},
-                    optimizer=optimizer.state_dict(), prototypes=protos.to("cpu") if protos is not None else None,
-                    history=history, best=best, mlflow_run_id=run.mlflow_run_id, config=cfg.to_yaml(),
-                    rng=rng_state()))
-                ray.train.report({**report, "epochs_done": epoch + 1},
-                                 checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report({**report, "epochs_done": epoch + 1})  # epochs_done: Tune schedulers' clock
+
+        state = functools.partial(TrainingState, epoch=epoch, optimizer=optimizer.state_dict(), history=history,
+                                  best=best, mlflow_run_id=run.mlflow_run_id, config=cfg.to_yaml())
+        _report(report, epoch, core, protos, state if (want_ckpt and rank == 0) else None)
         if tracker is not None:
             tracker.log_metrics(epoch, report)
             log_curves(tracker, history)
         if rank == 0:
             print(epoch_line(row, cfg.optim.epochs), flush=True)
+        if run.stop_board and epoch < last:  # a sweep trial: did the scheduler stop it here?
+            from hierclr.engine.early_stop import await_decision
+
+            stop = await_decision(run.stop_board, run.stop_key, epoch + 1) if rank == 0 else False
+            if _gather_objects(stop)[0]:
+                if not want_ckpt:  # end like a finished run: this epoch's state is the last checkpoint
+                    _report(report, epoch, core, protos, state if rank == 0 else None)
+                if rank == 0:
+                    print(f"hierclr | stopped early by the sweep's scheduler after epoch {epoch}", flush=True)
+                break
+
+
+def _report(report: dict[str, float], epoch: int, core: MoCo, protos, state) -> None:
+    """``ray.train.report`` of one epoch (a barrier: every rank calls it); with ``state`` (rank 0: a partial
+    :class:`TrainingState` lacking weights, prototypes and RNG, taken here) also a checkpoint. ``epochs_done`` is the
+    clock Tune's schedulers count in."""
+    import ray.train
+
+    metrics = {**report, "epochs_done": epoch + 1}
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="hierclr-ckpt-") as tmp:
+        save_checkpoint(tmp, state(model={k: v.cpu() for k, v in core.state_dict().items()}, rng=rng_state(),
+                                   prototypes=protos.to("cpu") if protos is not None else None))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def epoch_line(row: dict[str, float], epochs: int) -> str:

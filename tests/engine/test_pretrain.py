@@ -92,6 +92,34 @@ def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_pat
     info = mlflow.models.get_model_info(f"models:/{ours['encoder_last'].model_id}")
     assert info.signature.inputs.inputs[0].shape == (-1, 3, 32, 32)
     assert info.signature.outputs.inputs[0].shape == (-1, 512)  # resnet10 avgpool features
+    _check_hierarchy_artifacts(client, run.info.run_id, tmp_path, e_steps=[1, 2, 3], levels=3)
+
+
+def _check_hierarchy_artifacts(client, run_id: str, tmp: Path, *, e_steps: list[int], levels: int) -> None:
+    """Issue-5 artifacts: per-E-step tree + histograms, AMI per label level (digits: 2 label levels), learning
+    curves, the final tree and the chain image grid; PNGs are valid images, the tree is the final prototypes'."""
+    import json
+
+    from PIL import Image
+
+    for m in range(2):
+        assert _steps(client, run_id, f"ami/label{m}") == e_steps
+        for level in range(levels):
+            assert _steps(client, run_id, f"ami/proto{level}_label{m}") == e_steps
+    ami = client.get_run(run_id).data.metrics
+    assert all(-0.1 <= ami[f"ami/label{m}"] <= 1.0 for m in range(2))
+    assert ami["ami/label0"] > 0.1  # the level-0 prototypes carry the digit classes (chance: 0)
+    paths = {f.path for d in ("hierarchy/final", "hierarchy/chains", "plots", f"hierarchy/epoch_{e_steps[0]:03d}")
+             for f in client.list_artifacts(run_id, d)}
+    assert {"hierarchy/final/tree.json", "hierarchy/final/cluster_sizes.png", "hierarchy/chains/chains.png",
+            "plots/learning_curves.png", "plots/ami.png", f"hierarchy/epoch_{e_steps[0]:03d}/tree.json",
+            f"hierarchy/epoch_{e_steps[0]:03d}/cluster_sizes.png"} <= paths, paths
+    for png in [p for p in paths if p.endswith(".png")]:
+        with Image.open(client.download_artifacts(run_id, png, str(tmp))) as im:
+            assert im.format == "PNG" and min(im.size) > 100, png
+    tree = json.loads(Path(client.download_artifacts(run_id, "hierarchy/final/tree.json", str(tmp))).read_text())
+    assert tree["num_levels"] == levels and len(tree["levels"]) == levels
+    assert sum(tree["levels"][0]["members"]) == 359  # every training image is a member of one leaf
 
 
 def test_resume_latest_records_each_epoch_once(ray_session, tmp_path, digits_cache):
