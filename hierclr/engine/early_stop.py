@@ -46,9 +46,23 @@ class StopBoard:
         return sorted(t for t, d in self._decisions.items() if any(d.values()))
 
 
+_HANDLES: dict[str, object] = {}  # per process: a board lives while its creator's handle does (Ray GCs actors)
+
+
 def get_board(name: str):
-    """The named board, created on first use (driver, scheduler, or a resumed sweep)."""
-    return StopBoard.options(name=name, get_if_exists=True, lifetime=None).remote()
+    """The named board, created on first use (the sweep driver) and found by name elsewhere. The handle is
+    kept for the life of this process: Ray ends a non-detached actor once its creator's handles are gone."""
+    handle = _HANDLES.get(name)
+    if handle is None:
+        handle = _HANDLES[name] = StopBoard.options(name=name, get_if_exists=True, lifetime=None).remote()
+    return handle
+
+
+def close_board(name: str) -> None:
+    """End the board (the sweep driver, when the sweep is over)."""
+    handle = _HANDLES.pop(name, None)
+    if handle is not None:
+        ray.kill(handle)
 
 
 class CooperativeASHA(ASHAScheduler):

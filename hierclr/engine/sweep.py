@@ -146,7 +146,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from hierclr.engine.early_stop import CooperativeASHA, board_name, get_board
+    from hierclr.engine.early_stop import CooperativeASHA, board_name, close_board, get_board
     from hierclr.engine.pretrain import _start_ray
     from hierclr.engine.tracking import Tracker
 
@@ -202,6 +202,9 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
     except BaseException:
         parent.finish("FAILED")
         raise
+    finally:
+        if board:
+            close_board(board)
     rows = _rows(grid, sweep, tcfg, sweep_dir, max_t)
     interrupted = any(r.status == "UNFINISHED" for r in rows)
     _finalize_children(rows, tcfg)
@@ -305,7 +308,8 @@ def _finalize_children(rows: list[TrialRow], tcfg: TrackingSection) -> None:
             continue
         child = Tracker.attach(tcfg, row.mlflow_run_id)
         child.set_tags({"hierclr.sweep.status": tag_of[row.status], "hierclr.sweep.epochs": row.epochs})
-        child.finish(status_of[row.status])
+        if child.status() != status_of[row.status]:  # an ended run keeps its end time (a resumed sweep)
+            child.finish(status_of[row.status])
 
 
 def _write_summary(sweep: SweepConfig, rows: list[TrialRow], best: TrialRow | None, sweep_dir: str, parent,

@@ -465,6 +465,13 @@ class Tracker:
             self._client.finalize_logged_model(model.model_id, "FAILED")
             raise
 
+    def status(self) -> str | None:
+        """The run's current status in the store (RUNNING, FINISHED, ...), None when disabled or unreadable."""
+        if not self.enabled:
+            return None
+        run = self._call("read run status", self._client.get_run, self._run_id, disable=False)
+        return None if run is None else run.info.status
+
     def finish(self, status: RunStatus = "FINISHED") -> None:
         """End the run with ``status``; the tracker is disabled afterwards."""
         if status not in ("FINISHED", "FAILED", "KILLED"):
