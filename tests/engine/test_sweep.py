@@ -96,6 +96,10 @@ def test_sweep_nested_runs_failed_trial_summary_and_best_config(ray_session, tmp
         steps = sorted(m.step for m in client.get_metric_history(c.info.run_id, "knn/top1_best"))
         assert steps == list(range(r.epochs))
         assert c.data.tags["hierclr.trial_id"] == r.trial_id and c.info.run_id == r.mlflow_run_id
+        arts = {a.path for d in ("plots", "hierarchy/final") for a in client.list_artifacts(c.info.run_id, d)}
+        assert "plots/learning_curves.png" in arts, arts  # a trial is a full pretrain run, with its artifacts
+        if r.status == "FINISHED":  # (a trial stopped after the warm-up epoch has no prototypes)
+            assert "hierarchy/final/tree.json" in arts, arts
     # best: config file that `hierclr pretrain --config` accepts as is, metric and table in the parent run
     best = max((r for r in ok), key=lambda r: r.best)
     assert result.best.trial_id == best.trial_id
@@ -173,3 +177,32 @@ def test_interrupted_sweep_resumes_without_duplicating_runs(ray_session, tmp_pat
     for run_id, before in finished_before.items():  # a trial finished before the interruption was not re-run
         after = client.get_run(run_id)
         assert after.info.end_time == before.info.end_time
+
+
+def test_asha_stop_ends_the_trial_itself_and_the_next_trial_runs(ray_session, tmp_path, digits_cache):
+    """ASHA on a metric that separates the trials for sure (the epoch's lr, mode max): the second trial falls
+    below the first at the first rung and is stopped after epoch 0. The stop is cooperative: the trial ends at
+    that epoch boundary with a checkpoint and its artifacts, its MLflow run is FINISHED and tagged, and the
+    sweep goes on (no Train resources left behind)."""
+    space = {"optim.base_lr": {"grid": [0.24, 0.024]}}
+    sweep = load_sweep(tiny_sweep(tmp_path, digits_cache, "s3", space, metric="lr", mode="max",
+                                  scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}),
+                       ["set.optim.epochs=3", "set.checkpoint.every=2"])  # epoch 0 is not checkpointed...
+    result = run_sweep(sweep, echo=lambda *a: None)
+    by_lr = {r.params["optim.base_lr"]: r for r in result.rows}
+    assert by_lr[0.24].status == "FINISHED" and by_lr[0.24].epochs == 3
+    stopped = by_lr[0.024]
+    assert stopped.status == "STOPPED" and stopped.epochs == 1, result.rows
+    assert result.best.params == {"optim.base_lr": 0.24}
+    client = _client(tmp_path)
+    run = client.get_run(stopped.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["hierclr.sweep.status"] == "stopped_early"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss/total")) == [0]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"history.json", "config", "plots"} <= arts, arts  # the final artifacts were written
+    # ...but the stopped Train run ended with a checkpoint of its stopping epoch
+    from hierclr.engine.checkpoint import latest_checkpoint, load_checkpoint
+
+    train_runs = list(Path(result.sweep_dir, "runs").glob(f"s3-{stopped.trial_id}-*"))
+    assert len(train_runs) == 1
+    assert load_checkpoint(latest_checkpoint(train_runs[0])).epoch == 0
