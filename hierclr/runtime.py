@@ -18,3 +18,9 @@ def ensure_ray(num_cpus: int | None = None, **kwargs) -> None:
         ray.init(**kwargs)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+
+
+# Actors and tasks hierclr starts itself (clustering actors, the epoch clock, data listing tasks) take their own
+# resources. An explicit "DEFAULT" strategy keeps them out of a caller's placement group: inside a Ray Tune
+# trial every child would otherwise be captured into the trial's tiny bundle and never schedule.
+OWN_RESOURCES = "DEFAULT"

@@ -30,6 +30,7 @@ from hierclr.data.errors import DataFormatError
 from hierclr.data.fs import Location, resolve
 from hierclr.data.hierarchy import LabelHierarchy, load_hierarchy
 from hierclr.data.manifest import ImageStats, Manifest, ShardInfo, SizeStats, SkippedImage
+from hierclr.runtime import OWN_RESOURCES
 
 log = logging.getLogger(__name__)
 PROGRESS_DIR = "_progress"
@@ -362,7 +363,7 @@ def _run_tasks(fn, calls: list[tuple], window: int, on_done: Callable[[int, obje
     import ray
     from tqdm import tqdm
 
-    fn = ray.remote(num_cpus=1)(fn)
+    fn = ray.remote(num_cpus=1, scheduling_strategy=OWN_RESOURCES)(fn)
     pending: dict = {}
     it = iter(enumerate(calls))
     with tqdm(total=len(calls), desc=desc, unit="task", disable=None) as bar:

@@ -21,6 +21,7 @@ from hierclr.data.formats.webdataset import index_shard, list_tar_shards, read_t
 from hierclr.data.fs import Location, resolve
 from hierclr.data.hierarchy import LabelHierarchy, load_hierarchy
 from hierclr.data.manifest import MANIFEST_NAME, Manifest
+from hierclr.runtime import OWN_RESOURCES
 
 Format = Literal["auto", "parquet", "webdataset", "imagefolder"]
 _READERS = {"folder": read_folder_unit, "tar": read_tar_unit, "parquet": read_parquet_unit}
@@ -154,7 +155,8 @@ def open_source(
         import ray
 
         shards = list_tar_shards(loc)
-        labels = ray.get([ray.remote(num_cpus=1)(index_shard).remote(s) for s in shards])
+        labels = ray.get([ray.remote(num_cpus=1, scheduling_strategy=OWN_RESOURCES)(index_shard).remote(s)
+                          for s in shards])
         units = tar_units(shards, [len(x) for x in labels])
         num_rows = sum(len(x) for x in labels)
         top = max(int(x.max()) for x in labels)
@@ -186,7 +188,7 @@ def _verify_hashes(loc: Location, manifest: Manifest) -> None:
     from hierclr.data.formats.parquet import sha256_of
 
     locs = [loc.join(s.file) for s in manifest.shards]
-    hashes = ray.get([ray.remote(num_cpus=1)(sha256_of).remote(x) for x in locs])
+    hashes = ray.get([ray.remote(num_cpus=1, scheduling_strategy=OWN_RESOURCES)(sha256_of).remote(x) for x in locs])
     for s, x, h in zip(manifest.shards, locs, hashes):
         if h != s.sha256:
             raise DataFormatError(f"shard {x.uri} fails its content hash (manifest {s.sha256[:12]}..., file {h[:12]}...)")

@@ -31,6 +31,7 @@ from hierclr.data.transforms import (
     eval_transform,
     sample_photometric_params,
 )
+from hierclr.runtime import OWN_RESOURCES
 
 EPOCH_OFFSET_KEY = "hierclr.epoch_offset"
 EPOCH_CLOCK_KEY = "hierclr.epoch_clock"
@@ -107,7 +108,7 @@ def start_epoch_clock(name: str, epoch: int = 0):
     """A named :class:`EpochClock` actor (0 CPUs) that :meth:`ImageStream.use_epoch_clock` can follow."""
     import ray
 
-    return ray.remote(num_cpus=0)(EpochClock).options(name=name).remote(epoch)
+    return ray.remote(num_cpus=0)(EpochClock).options(name=name, scheduling_strategy=OWN_RESOURCES).remote(epoch)
 
 
 def row_photometric_params(ids, num_views: int, cfg: AugmentConfig, seed: int, epoch: int) -> list[PhotometricParams]:
@@ -223,7 +224,8 @@ def _ledger(source: ShardSource, cfg: StreamConfig, kind: str):
     import ray
 
     actor = ray.remote(num_cpus=0)(BadImageBudget)
-    return actor.options(name=f"hierclr-bad-images-{kind}-{uuid.uuid4().hex[:8]}").remote(
+    return actor.options(name=f"hierclr-bad-images-{kind}-{uuid.uuid4().hex[:8]}",
+                         scheduling_strategy=OWN_RESOURCES).remote(
         source.num_rows, cfg.max_bad_fraction, source.uri)
 
 

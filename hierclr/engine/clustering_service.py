@@ -58,6 +58,7 @@ from hierclr.clustering.kmeans import KMeansResult, lloyd_partial_sums, nearest_
 from hierclr.clustering.prototypes import Prototypes
 from hierclr.config import ClusteringConfig
 from hierclr.engine.config import ClusteringServiceSection
+from hierclr.runtime import OWN_RESOURCES
 
 log = logging.getLogger(__name__)
 
@@ -599,7 +600,8 @@ class ClusteringService:
             resources = {"num_cpus": service.cpus_per_actor}
         remote_actor = ray.remote(KMeansActor)
         actors = [
-            remote_actor.options(max_restarts=service.max_restarts, name=f"{name}-kmeans-{i}", **resources).remote(
+            remote_actor.options(max_restarts=service.max_restarts, name=f"{name}-kmeans-{i}", **resources,
+                                 scheduling_strategy=OWN_RESOURCES).remote(
                 i, int(service.cpus_per_actor)
             )
             for i in range(service.num_actors)
@@ -607,7 +609,8 @@ class ClusteringService:
         job = _Job(clustering=clustering, method=method, pcl_sizes=pcl_sizes, num_rows=int(num_rows))
         coordinator = (
             ray.remote(EStepCoordinator)
-            .options(name=name, num_cpus=0, max_concurrency=max_workers + 4, max_restarts=0)
+            .options(name=name, num_cpus=0, max_concurrency=max_workers + 4, max_restarts=0,
+                     scheduling_strategy=OWN_RESOURCES)
             .remote(actors, job, service.max_restarts)
         )
         svc = cls(name=name, coordinator=coordinator, actors=actors)

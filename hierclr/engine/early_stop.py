@@ -21,6 +21,8 @@ import time
 import ray
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from hierclr.runtime import OWN_RESOURCES
+
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +56,8 @@ def get_board(name: str):
     kept for the life of this process: Ray ends a non-detached actor once its creator's handles are gone."""
     handle = _HANDLES.get(name)
     if handle is None:
-        handle = _HANDLES[name] = StopBoard.options(name=name, get_if_exists=True, lifetime=None).remote()
+        handle = _HANDLES[name] = StopBoard.options(name=name, get_if_exists=True, lifetime=None,
+                                                       scheduling_strategy=OWN_RESOURCES).remote()
     return handle
 
 

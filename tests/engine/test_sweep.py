@@ -30,8 +30,9 @@ def tiny_sweep(tmp: Path, cache: Path, name: str, space: dict, **options) -> Pat
                 "data.train": "builtin://digits/val", "data.val": "builtin://digits/val", "data.decode_batch_size": 64,
                 "model.backbone": "resnet10", "model.hidden_dim": 128, "model.queue_size": 128,
                 "model.momentum": 0.9, "optim.batch_size": 32, "optim.epochs": 2, "optim.base_lr": 0.24,
-                "loss.warmup_epochs": 1, "clustering.nredo": 1, "service.cpus_per_actor": 0,
-                "resources.num_workers": 2, "eval.ks": [5, 10], "tracking.log_models": False},
+                "loss.warmup_epochs": 1, "clustering.nredo": 1,
+                # the clustering actor takes a real CPU: it must be scheduled outside the trial's placement group
+                "service.cpus_per_actor": 1, "resources.num_workers": 2, "resources.cpus_per_worker": 0.5, "eval.ks": [5, 10], "tracking.log_models": False},
         "space": space, **options,
     }
     path = tmp / f"{name}.yaml"
