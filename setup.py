@@ -11,7 +11,9 @@ INSTALL_REQUIRES = [
     "torchvision>=0.19,<0.30",
     "numpy>=1.24",
     "faiss-cpu>=1.8,<2",
-    "ray[train,data,tune]>=2.60,<3",  # RandomSeedConfig (per-epoch reseeding) is used by the streams
+    # RandomSeedConfig (per-epoch reseeding) is used by the streams; "default" brings the dashboard: the job
+    # server behind `ray job submit`, and the State API Train's placement-group cleaner needs.
+    "ray[default,train,data,tune]>=2.60,<3",
     "pyarrow>=14",
     "mlflow>=2.16,<4",
     "scikit-learn>=1.3",

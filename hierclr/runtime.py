@@ -17,7 +17,10 @@ def ensure_ray(num_cpus: int | None = None, **kwargs) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # The dashboard (on when ray[default] is installed) serves the State API, without which Ray Train's
+        # placement-group cleaner cannot tell that a killed run's controller is gone and leaves its workers'
+        # placement group behind; it also gives the local run the usual UI at http://127.0.0.1:8265.
+        ray.init(num_cpus=num_cpus, **kwargs)
 
 
 # Actors and tasks hierclr starts itself (clustering actors, the epoch clock, data listing tasks) take their own

@@ -29,7 +29,7 @@ __all__ = ["ami_curves", "cluster_size_histograms", "image_grid", "learning_curv
 
 PathLike = str | os.PathLike
 _DPI = 100
-_FAILED = ("ERROR",)  # trial statuses drawn as failed even when they reported the metric
+_FAILED = ("ERROR", "FAILED")  # trial statuses (Tune's, hierclr sweep's) drawn as failed even with a metric
 _PAIR = re.compile(r"^ami/proto(\d+)_label(\d+)$")
 _LABEL = re.compile(r"^ami/label(\d+)$")
 
@@ -134,7 +134,7 @@ def metric_vs_params(
     ``rows`` are trials: ``{"trial", "status", "params": {dotted_name: value}, metric: float | None}``.
     Numeric parameters are scattered (log x when all are positive and span more than a decade); any
     other value (lists such as ``[1000, 500, 200]``, strings, bools) is a category, ticked with its text.
-    Failed trials (status ``ERROR``) and trials without a finite metric are hollow grey markers along
+    Failed trials (status ``ERROR`` or ``FAILED``) and trials without a finite metric are hollow grey markers along
     the bottom; the best of the others (by ``mode``) is a red star. A trial without the parameter is
     left out of that subplot (counted in its title).
     """
