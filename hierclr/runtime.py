@@ -20,7 +20,10 @@ def ensure_ray(num_cpus: int | None = None, **kwargs) -> None:
         # The dashboard (on when ray[default] is installed) serves the State API, without which Ray Train's
         # placement-group cleaner cannot tell that a killed run's controller is gone and leaves its workers'
         # placement group behind; it also gives the local run the usual UI at http://127.0.0.1:8265.
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # address="local": always a new local instance with these CPUs. Without it ray.init joins any cluster
+        # that `ray start` left running on this machine and then refuses num_cpus (join one on purpose with
+        # resources.address=auto).
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 # Actors and tasks hierclr starts itself (clustering actors, the epoch clock, data listing tasks) take their own
