@@ -1,14 +1,16 @@
 """The hierarchical prototypes of one epoch: a tree of L2-normalised centroids (HCSC Alg. 1)."""
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from hierclr.atomic import write_atomic
 
 _FORMAT_VERSION = 1
 
@@ -146,19 +148,9 @@ class Prototypes:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename), so a crash never leaves a half-written file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        return write_atomic(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Prototypes:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-import uuid
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from hierclr.atomic import write_atomic
 from hierclr.data.errors import DataFormatError
 
 
@@ -53,12 +53,7 @@ class Location:
         if parent:
             self.filesystem.create_dir(parent, recursive=True)
         if isinstance(self.filesystem, pafs.LocalFileSystem):
-            tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, data)
         else:
             with self.filesystem.open_output_stream(self.path) as f:
                 f.write(data)

@@ -20,13 +20,13 @@ import json
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hierclr.atomic import write_atomic
 from hierclr.clustering.prototypes import Prototypes
 from hierclr.data.fs import Location, resolve
 
@@ -68,19 +68,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _torch_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -92,17 +79,17 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainingState) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     (d / MARKER).unlink(missing_ok=True)
-    _atomic_write(d / "model.pt", _torch_bytes(state.model))
-    _atomic_write(d / "optimizer.pt", _torch_bytes(state.optimizer))
+    write_atomic(d / "model.pt", _torch_bytes(state.model))
+    write_atomic(d / "optimizer.pt", _torch_bytes(state.optimizer))
     if state.prototypes is not None:
         state.prototypes.to("cpu").save(d / "prototypes.pt")
     if state.rng is not None:
-        _atomic_write(d / "rng.pt", _torch_bytes(state.rng))
-    _atomic_write(d / "config.yaml", state.config.encode())
+        write_atomic(d / "rng.pt", _torch_bytes(state.rng))
+    write_atomic(d / "config.yaml", state.config.encode())
     meta = {"format": FORMAT_VERSION, "epoch": state.epoch, "history": state.history, "best": state.best,
             "mlflow_run_id": state.mlflow_run_id, "has_prototypes": state.prototypes is not None}
-    _atomic_write(d / "state.json", json.dumps(meta, indent=1).encode())
-    _atomic_write(d / MARKER, b"ok\n")
+    write_atomic(d / "state.json", json.dumps(meta, indent=1).encode())
+    write_atomic(d / MARKER, b"ok\n")
     return d
 
 

@@ -166,11 +166,12 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
                            tags={"hierclr.sweep": sweep.name, "hierclr.sweep_dir": sweep_dir, "hierclr.kind": "sweep"},
                            run_key=PARENT_KEY.format(dir=sweep_dir))
     parent.log_text(sweep.to_yaml(), "sweep/space.yaml")
+    parent_run_id = parent.run_id  # (a finished tracker forgets it)
     board = board_name(sweep_dir) if sweep.scheduler.type == "asha" else None
     if board:
         get_board(board)
     ctx = TrialContext(sweep=sweep.model_dump(mode="json"), sweep_dir=sweep_dir, tracking=tracking,
-                       parent_run_id=parent.run_id, stop_board=board)
+                       parent_run_id=parent_run_id, stop_board=board)
     concurrent = _concurrency(sweep, cfg0, echo)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": sweep.trial_cpus})
     max_t = sweep.max_t(cfg0)
@@ -219,7 +220,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
         parent.set_tags({"hierclr.sweep.status": "finished"})
         parent.finish("FINISHED" if best is not None else "FAILED")
     return SweepResult(sweep_dir=sweep_dir, rows=rows, best=best, best_config=best_path,
-                       parent_run_id=parent.run_id if parent.run_id else _parent_id(tcfg, sweep_dir),
+                       parent_run_id=parent_run_id,
                        interrupted=interrupted)
 
 
@@ -254,12 +255,6 @@ def _concurrency(sweep: SweepConfig, cfg0: PretrainConfig, echo) -> int:
     echo(f"hierclr sweep: {fits} trial(s) at a time fit this Ray ({have.get('CPU', 0):g} CPUs; a trial needs "
          f"{need_cpu:.3g}), not max_concurrent_trials={want}")
     return fits
-
-
-def _parent_id(tcfg: TrackingSection, sweep_dir: str) -> str | None:
-    from hierclr.engine.tracking import find_run
-
-    return find_run(tcfg, PARENT_KEY.format(dir=sweep_dir))
 
 
 def _rows(grid, sweep: SweepConfig, tcfg: TrackingSection, sweep_dir: str, max_t: int) -> list[TrialRow]:

@@ -27,15 +27,6 @@ from hierclr.engine.config import load_config
 from hierclr.models import MoCo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads on a busy 2-core box spin-wait, ~100x slower BN)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _prototypes(seed: int = 0, n: int = 20, dim: int = 8, epoch: int | None = 3) -> Prototypes:
     g = torch.Generator().manual_seed(seed)
     c0 = F.normalize(torch.randn(6, dim, generator=g), dim=1)

@@ -26,15 +26,6 @@ from hierclr.losses import HCSCObjective, PCLObjective
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads on a busy 2-core box spin-wait, ~100x slower BN)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------ lr schedule
 def test_cosine_schedule_by_hand():
     cfg = load_config(None, ["optim.epochs=10", "optim.batch_size=512", "optim.base_lr=0.03"])

@@ -23,15 +23,6 @@ QUEUE = 64
 N_IDS = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (two threads on a busy 2-core box spin-wait, ~100x slower BN)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_moco(seed: int = 0) -> MoCo:
     torch.manual_seed(seed)
     return MoCo("resnet10", dim=DIM, hidden_dim=64, queue_size=QUEUE, cifar_stem=True, momentum=0.9)
