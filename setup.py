@@ -39,7 +39,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["hierclr", "hierclr.*"]),
-    package_data={"hierclr": ["presets/*.yaml", "presets/sweeps/*.yaml"]},
+    package_data={"hierclr": ["presets/*.yaml", "presets/sweeps/*.yaml", "presets/supervised/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["hierclr=hierclr.cli:main"]},

@@ -1,6 +1,8 @@
 """The ``hierclr`` command. Subcommands parse arguments and call the library; they hold no math.
 
     hierclr pretrain --config PRESET|FILE [--set k=v ...]   distributed pretraining on Ray (HCSC, MoCo v2, PCL v2)
+    hierclr finetune --loss ce|supcon|clce|varcon [--config ...]   supervised training / fine-tuning on Ray Train
+    hierclr hcal [--config ...]        hierarchical classification (HCAL) on a dataset with a label hierarchy
     hierclr demo                      single-process HCSC on synthetic images (no download, CPU)
     hierclr kmeans FEATURES.npy ...   hierarchical K-means of a feature file into Prototypes
     hierclr prepare-data SRC OUT ...  ImageFolder tree / CIFAR archive -> parquet shards + manifest (on Ray)
@@ -117,6 +119,32 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_supervised(args: argparse.Namespace) -> int:
+    from hierclr.engine.supervised_config import list_supervised_presets, load_supervised_config
+
+    if args.list_presets:
+        print("\n".join(list_supervised_presets()))
+        return 0
+    overrides = list(args.set or ())
+    if getattr(args, "loss", None):
+        overrides.insert(0, f"loss.name={args.loss}")
+    cfg = load_supervised_config(args.config, overrides, task=args.command)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from hierclr.engine.supervised import run_supervised
+
+    t0 = time.perf_counter()
+    result = run_supervised(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    for row in result.history:
+        print(json.dumps({k: round(v, 4) for k, v in row.items()
+                          if k in ("epoch", "lr", "loss/total", "train/acc", "train/images_per_s", "val/hvr")
+                          or k.startswith("acc/")}))
+    print(json.dumps({"run_dir": result.run_dir, "checkpoint": result.checkpoint, "best": result.best,
+                      "mlflow_run_id": result.mlflow_run_id, "seconds": round(time.perf_counter() - t0, 1)}))
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from hierclr.engine.sweep_config import list_sweep_presets, load_sweep
 
@@ -165,6 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--stop-after-epoch", dest="stop_after_epoch", type=int, default=None,
                      help="checkpoint and exit after this epoch (resume later with --resume latest)")
     pre.set_defaults(func=_cmd_pretrain)
+
+    for task, help_text, default in (
+            ("finetune", "supervised training / fine-tuning on Ray Train: CE, SupCon, CLCE or VarCon", "digits-finetune"),
+            ("hcal", "hierarchical classification (HCAL) on Ray Train, on a dataset with a label hierarchy",
+             "digits-hcal")):
+        sp = sub.add_parser(task, help=help_text)
+        sp.add_argument("--config", default=default,
+                        help=f"preset name (see --list-presets) or YAML file; default: {default}")
+        if task == "finetune":
+            sp.add_argument("--loss", choices=("ce", "supcon", "clce", "varcon"), default=None,
+                            help="the objective (overrides loss.name of the config)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one field, e.g. --set optim.epochs=10 --set model.init=runs/hcsc-.../")
+        sp.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        sp.add_argument("--list-presets", action="store_true", help="list the built-in presets and exit")
+        sp.add_argument("--resume", default=None, metavar="PATH|latest",
+                        help="continue from a checkpoint (or run) directory, or the newest run of this config name")
+        sp.add_argument("--stop-after-epoch", dest="stop_after_epoch", type=int, default=None,
+                        help="checkpoint and exit after this epoch (resume later with --resume latest)")
+        sp.set_defaults(func=_cmd_supervised)
 
     swp = sub.add_parser("sweep", help="Ray Tune sweep of pretraining runs (hierarchy sizes, temperatures, ...)")
     swp.add_argument("--space", default="demo-sweep", help="sweep file (YAML) or built-in sweep (--list-presets)")

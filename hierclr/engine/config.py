@@ -163,16 +163,17 @@ class PretrainConfig(_Section):
 
 
 # ------------------------------------------------------------------------------------------- loading
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+def list_presets(preset_dir: Path = PRESET_DIR) -> list[str]:
+    return sorted(p.stem for p in preset_dir.glob("*.yaml"))
 
 
-def _read_yaml(source: str | Path) -> dict:
+def _read_yaml(source: str | Path, preset_dir: Path = PRESET_DIR) -> dict:
     path = Path(source)
-    if not path.suffix and (PRESET_DIR / f"{source}.yaml").is_file():
-        path = PRESET_DIR / f"{source}.yaml"
+    if not path.suffix and (preset_dir / f"{source}.yaml").is_file():
+        path = preset_dir / f"{source}.yaml"
     if not path.is_file():
-        raise ValueError(f"config {str(source)!r} is neither a file nor a preset (presets: {', '.join(list_presets())})")
+        raise ValueError(f"config {str(source)!r} is neither a file nor a preset (presets: "
+                         f"{', '.join(list_presets(preset_dir))})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -181,7 +182,7 @@ def _read_yaml(source: str | Path) -> dict:
         raise ValueError(f"config {path}: the top level must be a mapping, got {type(data).__name__}")  # noqa: TRY004  user input
     base = data.pop("base", None)  # presets may extend another preset
     if base is not None:
-        return _merge(_read_yaml(base), data)
+        return _merge(_read_yaml(base, preset_dir), data)
     return data
 
 

@@ -4,24 +4,30 @@
 Ray driver (a laptop with a local Ray, or the head node under ``ray job submit``); the training itself
 runs in :func:`hierclr.engine.train_loop.train_loop_per_worker` on the Ray Train workers.
 
-Run directories: ``<checkpoint.storage_path>/<name>-<YYYYmmdd-HHMMSS>`` per invocation. ``resume="latest"``
-reuses the newest run directory of the same ``name`` (Ray Train restores its latest checkpoint and the
-same MLflow run continues); ``resume=PATH`` starts a new run directory from a checkpoint (or the newest
-checkpoint of a run directory) and also continues the MLflow run recorded in it.
+Run directories and ``resume`` work as :mod:`hierclr.engine.runs` describes (shared with finetune / hcal).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hierclr.data.fs import resolve
-from hierclr.engine.checkpoint import latest_checkpoint, latest_run, load_checkpoint, read_state_json
+from hierclr.engine.checkpoint import load_checkpoint
 from hierclr.engine.config import PretrainConfig, flatten
+from hierclr.engine.runs import (
+    TrackingLink,
+    check_resources,
+    check_resume_config,
+    data_path,
+    quiet_ray_data,
+    resolve_run,
+    start_ray,
+    storage_root,
+    tune_callbacks,
+)
 from hierclr.engine.train_loop import RunContext, build_model, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -37,79 +43,6 @@ class PretrainResult:
     bad_images: list = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class TrackingLink:
-    """How a run joins a larger experiment (a sweep trial): its MLflow parent, a key that finds the same MLflow
-    run again when the trial is resumed, a display name and extra tags."""
-
-    parent_run_id: str | None = None
-    run_key: str | None = None
-    run_name: str | None = None
-    tags: dict = field(default_factory=dict)
-    stop_board: str | None = None  # cooperative early stopping (hierclr.engine.early_stop)
-    stop_key: str | None = None
-
-
-def _storage_root(cfg: PretrainConfig) -> str:
-    uri = cfg.checkpoint.storage_path
-    if uri.startswith(("s3://", "gs://")):
-        return uri.rstrip("/")
-    return str(Path(os.path.expanduser(uri)).resolve())
-
-
-def _data_path(uri: str, cfg: PretrainConfig) -> str:
-    from hierclr.data.builtin import is_builtin, materialize_builtin
-
-    if is_builtin(uri):
-        return materialize_builtin(uri, Path(os.path.expanduser(cfg.data.builtin_cache)))
-    return uri
-
-
-def _start_ray(cfg: PretrainConfig) -> None:
-    import ray
-
-    from hierclr.runtime import ensure_ray
-
-    if ray.is_initialized():
-        return
-    if cfg.resources.address:
-        ray.init(address=cfg.resources.address, log_to_driver=True)
-    else:
-        ensure_ray(cfg.resources.local_num_cpus)
-
-
-def _resolve_run(cfg: PretrainConfig, root: str, resume: str | None) -> tuple[str, str | None, dict | None]:
-    """(run name, checkpoint to load when Ray has none, that checkpoint's state.json)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    if resume is None:
-        name = f"{cfg.name}-{stamp}"
-        if Path(root, name).exists():
-            name = f"{name}-{uuid.uuid4().hex[:4]}"
-        return name, None, None
-    if resume == "latest":
-        name = latest_run(root, cfg.name)
-        if name is None:
-            raise ValueError(f"--resume latest: no run named {cfg.name!r} with a checkpoint under {root}")
-        ckpt = latest_checkpoint(Path(root, name))
-        return name, str(ckpt), read_state_json(ckpt)
-    ckpt = latest_checkpoint(resume)
-    return f"{cfg.name}-{stamp}", str(ckpt), read_state_json(ckpt)
-
-
-def _check_resume_config(cfg: PretrainConfig, ckpt: str) -> None:
-    """A checkpoint only continues the same model and objective; schedules and resources may change."""
-    import yaml
-
-    old = yaml.safe_load(Path(ckpt, "config.yaml").read_text()) if Path(ckpt, "config.yaml").is_file() else None
-    if not old:
-        return
-    new = cfg.model_dump(mode="json")
-    for section in ("method", "model"):
-        if old.get(section) != new.get(section):
-            raise ValueError(f"--resume {ckpt}: the checkpoint was trained with {section}={old.get(section)!r}, "
-                             f"this config has {new.get(section)!r}")
-
-
 def run_needs(cfg: PretrainConfig) -> tuple[float, float]:
     """(CPUs, GPUs) one run holds while it trains: Train workers, the data streams' budget, clustering actors."""
     res = cfg.resources
@@ -120,24 +53,6 @@ def run_needs(cfg: PretrainConfig) -> tuple[float, float]:
         need_cpu += s.num_actors * (s.cpus_per_actor if s.gpus_per_actor == 0 else 0)
         need_gpu += s.num_actors * s.gpus_per_actor
     return need_cpu, need_gpu
-
-
-def _check_resources(cfg: PretrainConfig) -> None:
-    """Fail fast when the Ray cluster cannot hold the run at all (Ray Train would otherwise wait forever)."""
-    import ray
-
-    need_cpu, need_gpu = run_needs(cfg)
-    have = ray.cluster_resources()
-    short = [f"{need:g} {kind} (cluster has {have.get(kind, 0):g})" for kind, need in (("CPU", need_cpu), ("GPU", need_gpu))
-             if need > have.get(kind, 0) + 1e-9]
-    if not short:
-        return
-    msg = (f"the run needs {' and '.join(short)}: resources.num_workers x cpus_per_worker/gpus_per_worker + "
-           f"data.num_cpus + service.num_actors x cpus_per_actor/gpus_per_actor")
-    if cfg.resources.address or os.environ.get("RAY_ADDRESS"):
-        log.warning("%s; waiting for the cluster to scale up", msg)  # an autoscaling cluster may add nodes
-    else:
-        raise ValueError(f"{msg}; on a local Ray set resources.local_num_cpus (logical CPUs) or lower those fields")
 
 
 def run_pretrain(
@@ -160,20 +75,18 @@ def run_pretrain(
     from hierclr.data.streams import StreamConfig, start_epoch_clock
     from hierclr.engine.tracking import Tracker, resolved_uri
 
-    _start_ray(cfg)
-    root = _storage_root(cfg)
-    run_name, resume_ckpt, resume_state = _resolve_run(cfg, root, resume)
+    start_ray(cfg)
+    root = storage_root(cfg)
+    run_name, resume_ckpt, resume_state = resolve_run(cfg, root, resume)
     if resume_ckpt:
-        _check_resume_config(cfg, resume_ckpt)
+        check_resume_config(cfg, resume_ckpt, ("method", "model"))
     run_dir = f"{root}/{run_name}"
     start_epoch = int(resume_state["epoch"]) + 1 if resume_state else 0
 
-    # ---- data (Ray Data's per-operator progress bars would interleave with the workers' epoch lines)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    train_src = open_source(_data_path(cfg.data.train, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
-    val_src = (open_source(_data_path(cfg.data.val, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
+    # ---- data
+    quiet_ray_data()
+    train_src = open_source(data_path(cfg.data.train, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
+    val_src = (open_source(data_path(cfg.data.val, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
                if cfg.data.val else None)
     if val_src is not None and val_src.classes and train_src.classes and val_src.classes != train_src.classes:
         raise ValueError(f"data.val ({cfg.data.val}) has classes {list(val_src.classes)[:5]}..., different from "
@@ -193,7 +106,8 @@ def run_pretrain(
         raise ValueError(f"data.train has {train_src.num_rows} images, fewer than one global batch "
                          f"(optim.batch_size={cfg.optim.batch_size})")
 
-    _check_resources(cfg)
+    check_resources(cfg, *run_needs(cfg), "resources.num_workers x cpus_per_worker/gpus_per_worker + data.num_cpus + "
+                    "service.num_actors x cpus_per_actor/gpus_per_actor")
 
     # ---- services: epoch clock, clustering actors, MLflow run
     token = uuid.uuid4().hex[:8]
@@ -247,7 +161,7 @@ def run_pretrain(
             name=run_name, storage_path=root,
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            callbacks=_tune_callbacks(),
+            callbacks=tune_callbacks(),
         ),
     )
     status = "FAILED"
@@ -274,17 +188,6 @@ def run_pretrain(
         echo(f"hierclr pretrain: skipped {len(bad)} undecodable image(s), e.g. {bad[0]}")
     return PretrainResult(run_dir=run_dir, checkpoint=ckpt_path, history=history, best=best,
                           mlflow_run_id=mlflow_run_id, bad_images=bad)
-
-
-def _tune_callbacks() -> list:
-    """Inside a Ray Tune trial, forward every ``ray.train.report`` to Tune (its schedulers read them)."""
-    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
-
-    if not _in_tune_session():
-        return []
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    return [TuneReportCallback()]
 
 
 def _log_final_artifacts(tracker, cfg: PretrainConfig, state, run_dir: str, bad: list, train_src) -> None:

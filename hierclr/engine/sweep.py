@@ -1,8 +1,10 @@
-"""``hierclr sweep``: Ray Tune over the pretraining run, one nested MLflow run per trial.
+"""``hierclr sweep``: Ray Tune over training runs (pretrain, finetune or hcal), one nested MLflow run per trial.
 
 Composition (Ray Train V2's recommended way): a *function trainable* (:func:`run_trial`) builds the trial's
-:class:`~hierclr.engine.config.PretrainConfig` from the sampled params and calls
-:func:`~hierclr.engine.pretrain.run_pretrain`, whose ``TorchTrainer`` carries Tune's ``TuneReportCallback`` so
+config (the sweep's ``command`` picks :class:`~hierclr.engine.config.PretrainConfig` or
+:class:`~hierclr.engine.supervised_config.SupervisedConfig`, :mod:`hierclr.engine.jobs`) from the sampled
+params and calls the command's driver (:func:`~hierclr.engine.pretrain.run_pretrain`,
+:func:`~hierclr.engine.supervised.run_supervised`), whose ``TorchTrainer`` carries Tune's ``TuneReportCallback`` so
 every epoch's report reaches Tune (ASHA reads ``epochs_done`` and the sweep's metric from it). Each trial is a
 full pretraining run with its own Train workers, data streams and clustering actors, named after the trial
 id; the trial's own driver process takes ``trial_cpus`` (0.01 by default: it only waits).
@@ -13,7 +15,7 @@ an interrupted and resumed sweep never duplicates runs. At the end the driver se
 (a trial the scheduler stopped early ends itself at that epoch, see :mod:`hierclr.engine.early_stop`, and is
 FINISHED with tag ``hierclr.sweep.status=stopped_early``; one that raised is FAILED), and logs to the parent the summary table, a plot of the metric against every swept parameter, the
 best trial's metric and its config, which is also written to ``<sweep dir>/best_config.yaml`` for
-``hierclr pretrain --config``.
+``hierclr <command> --config``.
 
 Directory layout: ``<storage_path>/<name>/`` is the Tune experiment (``hierclr sweep --resume`` restores it);
 ``<storage_path>/<name>/runs/`` holds the trials' Ray Train runs and checkpoints; ``summary/`` the summary.
@@ -66,10 +68,10 @@ def _short_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k.split('.')[-1]}={fmt(v)}" for k, v in params.items())
 
 
-def trial_pretrain_config(sweep: SweepConfig, params: dict[str, Any], *, trial_id: str, sweep_dir: str,
+def trial_run_config(sweep: SweepConfig, params: dict[str, Any], *, trial_id: str, sweep_dir: str,
                           tracking: dict) -> PretrainConfig:
-    """The trial's config: base + params, named after the trial, storing under the sweep, logging to the
-    sweep's MLflow experiment."""
+    """The trial's config (pretrain, finetune or hcal): base + params, named after the trial, storing under the
+    sweep, logging to the sweep's MLflow experiment."""
     cfg = sweep.trial_config(params)
     return cfg.model_copy(update={
         "name": f"{sweep.name}-{trial_id}",
@@ -79,11 +81,11 @@ def trial_pretrain_config(sweep: SweepConfig, params: dict[str, Any], *, trial_i
 
 
 def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
-    """One Tune trial = one pretraining run (resumed from its own checkpoints when Tune restarts it)."""
+    """One Tune trial = one training run (resumed from its own checkpoints when Tune restarts it)."""
     from ray import tune
 
     from hierclr.engine.checkpoint import latest_run
-    from hierclr.engine.pretrain import TrackingLink, run_pretrain
+    from hierclr.engine.runs import TrackingLink
 
     trial_id = tune.get_context().get_trial_id()
     sweep = SweepConfig.model_validate(ctx.sweep)
@@ -94,10 +96,10 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
                         stop_board=ctx.stop_board, stop_key=trial_id)
     cfg = None
     try:
-        cfg = trial_pretrain_config(sweep, params, trial_id=trial_id, sweep_dir=ctx.sweep_dir, tracking=ctx.tracking)
+        cfg = trial_run_config(sweep, params, trial_id=trial_id, sweep_dir=ctx.sweep_dir, tracking=ctx.tracking)
         root = cfg.checkpoint.storage_path
         resume = "latest" if Path(root).is_dir() and latest_run(root, cfg.name) else None
-        run_pretrain(cfg, resume=resume, link=link, echo=print)
+        sweep.job.run(cfg, resume=resume, link=link, echo=print)
     except BaseException as err:
         _record_trial_failure(ctx, link, cfg, params, err)
         raise
@@ -147,7 +149,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
     from ray.tune.search import BasicVariantGenerator
 
     from hierclr.engine.early_stop import CooperativeASHA, board_name, close_board, get_board
-    from hierclr.engine.pretrain import _start_ray
+    from hierclr.engine.runs import start_ray as _start_ray
     from hierclr.engine.tracking import Tracker
 
     cfg0 = sweep.validate_space()  # every listed value, before Ray starts
@@ -232,9 +234,7 @@ def _concurrency(sweep: SweepConfig, cfg0: PretrainConfig, echo) -> int:
     address, which may autoscale, the configured count is kept with a warning when it does not fit now."""
     import ray
 
-    from hierclr.engine.pretrain import run_needs
-
-    need_cpu, need_gpu = run_needs(cfg0)
+    need_cpu, need_gpu = sweep.job.needs(cfg0)
     need_cpu += sweep.trial_cpus
     have = ray.cluster_resources()
     fits = int((have.get("CPU", 0) + 1e-9) // need_cpu) if need_cpu else sweep.num_trials

@@ -3,7 +3,8 @@
 A sweep file is YAML::
 
     name: hier-sizes                 # Tune experiment, MLflow experiment and sweep directory name
-    base: cifar100-r18               # preset or config file every trial starts from
+    command: pretrain                # what every trial runs: pretrain | finetune | hcal
+    base: cifar100-r18               # preset (of that command) or config file every trial starts from
     set: {optim.epochs: 50}          # dotted overrides of the base, applied to every trial
     metric: knn/top1_best            # what ASHA and "best" read (any per-epoch metric)
     mode: max
@@ -15,7 +16,8 @@ A sweep file is YAML::
       loss.temperature: {choice: [0.1, 0.2]}
       clustering.temperature: {loguniform: [0.05, 0.5]}
 
-Space keys are dotted :class:`~hierclr.engine.config.PretrainConfig` fields; ``hierarchy.sizes`` is accepted
+Space keys are dotted fields of the command's config (:class:`~hierclr.engine.config.PretrainConfig`,
+:class:`~hierclr.engine.supervised_config.SupervisedConfig` for finetune / hcal); ``hierarchy.sizes`` is accepted
 as an alias of ``clustering.sizes`` (the paper's word). Each value is one of ``grid`` (every value, crossed
 with the other grids), ``choice`` (one drawn per trial), ``uniform``/``loguniform`` ``[low, high]``,
 ``randint`` ``[low, high)`` or ``value`` (fixed). Every listed value is validated against the config before
@@ -33,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hierclr.engine.config import PRESET_DIR, PretrainConfig, _describe, _read_yaml, apply_override
+from hierclr.engine.jobs import JOBS, Command, Job
 
 SWEEP_DIR = PRESET_DIR / "sweeps"
 
@@ -121,7 +124,8 @@ class SweepConfig(_Strict):
     """A validated sweep: the base pretraining config, the space, Tune's options."""
 
     name: str = "sweep"
-    base: str = Field("demo", description="preset name or config file of the pretraining run every trial starts from")
+    command: Command = Field("pretrain", description="what each trial runs: pretrain, finetune or hcal")
+    base: str = Field("demo", description="preset name (of the command) or config file every trial starts from")
     set: dict[str, Any] = Field(default_factory=dict, description="dotted overrides applied to the base")
     space: dict[str, Dimension]
     metric: str = "knn/top1_best"
@@ -166,21 +170,25 @@ class SweepConfig(_Strict):
     def num_trials(self) -> int:
         return self.grid_size * self.num_samples
 
+    @property
+    def job(self) -> Job:
+        return JOBS[self.command]
+
     def base_tree(self) -> dict:
-        tree = _read_yaml(self.base)
+        tree = _read_yaml(self.base, self.job.preset_dir)
         for key, value in self.set.items():
             apply_override(tree, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
-        return tree
+        return self.job.fix_tree(tree)
 
     def trial_config(self, params: dict[str, Any], base_tree: dict | None = None) -> PretrainConfig:
-        """The validated pretraining config of one trial (``params``: dotted field -> value)."""
+        """The validated config of one trial (``params``: dotted field -> value)."""
         import copy
 
         tree = copy.deepcopy(base_tree if base_tree is not None else self.base_tree())
         for key, value in params.items():
             _set_dotted(tree, ALIASES.get(key, key), value)
         try:
-            return PretrainConfig.model_validate(tree)
+            return self.job.config_cls.model_validate(tree)
         except ValidationError as e:
             raise ValueError(_describe(e, f"(sweep {self.name}, trial params {params})")) from None
 

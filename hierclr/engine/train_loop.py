@@ -104,7 +104,7 @@ def _save_best_encoder(run_dir: str, model: MoCo, epoch: int, score: float) -> N
     resolve(run_dir).join("best_encoder.pt").write_bytes_atomic(buf.getvalue())
 
 
-def _gather_objects(obj) -> list:
+def gather_objects(obj) -> list:
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]
     out = [None] * dist.get_world_size()
@@ -117,13 +117,13 @@ def distributed_knn(train: dict, val: dict, *, ks, num_classes: int, temperature
     takes the top-k of every val row within its shard, rank 0 merges the shards' lists and votes.
     Returns the accuracies on every rank (rank 0's are the ones reported)."""
     keep = val["labels"] >= 0
-    vals = _gather_objects((val["backbone"][keep].half(), val["labels"][keep]))
+    vals = gather_objects((val["backbone"][keep].half(), val["labels"][keep]))
     val_f = torch.cat([v[0] for v in vals]).float()
     val_y = torch.cat([v[1] for v in vals])
     tkeep = train["labels"] >= 0
     kmax = max(ks)
     part = knn_topk(train["backbone"][tkeep], train["labels"][tkeep], val_f, kmax) if tkeep.any() else None
-    parts = [p for p in _gather_objects(part) if p is not None]
+    parts = [p for p in gather_objects(part) if p is not None]
     if not parts or len(val_y) == 0:
         return {}
     sims, labels = merge_topk(parts, kmax)
@@ -135,13 +135,13 @@ def gather_labels(ids: torch.Tensor, labels: torch.Tensor, num_rows: int, level_
     """``(num_rows, L)`` labels of every dataset id at every hierarchy level (-1: unlabelled or not embedded),
     assembled from all ranks' embed shards (a collective: every rank calls it; every rank gets the table)."""
     table = np.full((num_rows, level_map.shape[1]), -1, np.int64)
-    for part_ids, part_labels in _gather_objects((ids.cpu().numpy(), labels.cpu().numpy())):
+    for part_ids, part_labels in gather_objects((ids.cpu().numpy(), labels.cpu().numpy())):
         known = part_labels >= 0
         table[part_ids[known]] = level_map[part_labels[known]]
     return table
 
 
-def _embed_batches(iterator, eval_mean, eval_std, batch_size: int):
+def eval_batches(iterator, eval_mean, eval_std, batch_size: int):
     mean = torch.tensor(eval_mean).view(1, 3, 1, 1)
     std = torch.tensor(eval_std).view(1, 3, 1, 1)
     for batch in iterator.iter_torch_batches(batch_size=batch_size, device="cpu"):
@@ -224,7 +224,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         embedded = None
         t0 = time.perf_counter()
         if need_e:
-            embedded = embed_pass(model, _embed_batches(embed_it, ev.mean, ev.std, per_worker), head=need_e,
+            embedded = embed_pass(model, eval_batches(embed_it, ev.mean, ev.std, per_worker), head=need_e,
                                   backbone=False, device=device, channels_last=channels_last, amp_dtype=amp_dtype)
         row["time/embed"] = time.perf_counter() - t0
         row["time/cluster"] = row["time/broadcast"] = 0.0
@@ -284,9 +284,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # ---- kNN monitoring
         if eval_now:
             t3 = time.perf_counter()
-            train_feats = embed_pass(model, _embed_batches(embed_it, ev.mean, ev.std, per_worker), head=False,
+            train_feats = embed_pass(model, eval_batches(embed_it, ev.mean, ev.std, per_worker), head=False,
                                      backbone=True, device=device, channels_last=channels_last, amp_dtype=amp_dtype)
-            val_feats = embed_pass(model, _embed_batches(val_it, ev.mean, ev.std, per_worker), head=False,
+            val_feats = embed_pass(model, eval_batches(val_it, ev.mean, ev.std, per_worker), head=False,
                                    backbone=True, device=device, channels_last=channels_last, amp_dtype=amp_dtype)
             knn = distributed_knn(train_feats, val_feats, ks=cfg.eval.ks, num_classes=run.num_classes,
                                   temperature=cfg.eval.temperature)
@@ -315,7 +315,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             from hierclr.engine.early_stop import await_decision
 
             stop = await_decision(run.stop_board, run.stop_key, epoch + 1) if rank == 0 else False
-            if _gather_objects(stop)[0]:
+            if gather_objects(stop)[0]:
                 if not want_ckpt:  # end like a finished run: this epoch's state is the last checkpoint
                     _report(report, epoch, core, protos, state if rank == 0 else None)
                 if rank == 0:

@@ -1,12 +1,18 @@
-"""Evaluation of learned representations: weighted kNN (HCSC Eq. 11) and clustering scores."""
+"""Evaluation of learned representations: weighted kNN (HCSC Eq. 11), clustering scores, and hierarchical
+classification (per-level accuracy, hierarchical violation rate)."""
 
 from hierclr.eval.clustering_scores import clustering_scores, hungarian_accuracy
+from hierclr.eval.hierarchical import hierarchical_violation_rate, hierarchy_metrics, level_accuracy, parent_tables
 from hierclr.eval.knn import knn_accuracy, knn_classify, knn_predict
 
 __all__ = [
     "clustering_scores",
+    "hierarchical_violation_rate",
+    "hierarchy_metrics",
     "hungarian_accuracy",
     "knn_accuracy",
     "knn_classify",
     "knn_predict",
+    "level_accuracy",
+    "parent_tables",
 ]

@@ -1,4 +1,6 @@
 """Contrastive losses, one family per file, as plain functions of tensors."""
+from hierclr.losses.clce import clce_loss, hard_negative_weights, lacln_loss
+from hierclr.losses.hcal import adaptive_weights, aggregate_features, hcal_level_losses, hcal_loss
 from hierclr.losses.hcsc import icsc_loss, pcsc_loss
 from hierclr.losses.infonce import info_nce
 from hierclr.losses.objective import HCSCObjective, PCLObjective
@@ -9,18 +11,29 @@ from hierclr.losses.selection import (
     instance_keep_prob,
     prototype_keep_prob,
 )
+from hierclr.losses.supcon import supcon_loss
+from hierclr.losses.varcon import varcon_loss
 
 __all__ = [
     "HCSCObjective",
     "PCLObjective",
+    "adaptive_weights",
+    "aggregate_features",
     "apply_negative_mask",
     "batch_negative_candidates",
     "bernoulli_mask",
+    "clce_loss",
+    "hard_negative_weights",
+    "hcal_level_losses",
+    "hcal_loss",
     "icsc_loss",
     "info_nce",
     "instance_keep_prob",
+    "lacln_loss",
     "pcsc_loss",
     "proto_nce_loss",
     "prototype_keep_prob",
     "prototype_logits",
+    "supcon_loss",
+    "varcon_loss",
 ]
