@@ -92,7 +92,7 @@ def run_supervised(cfg: SupervisedConfig, *, resume: str | None = None, stop_aft
                         num_cpus=cfg.data.num_cpus, augment_on=cfg.data.augment_on, seed=cfg.seed,
                         max_bad_fraction=cfg.data.max_bad_fraction)
     streams = {"train": train_stream(train_src, scfg), "val": embed_stream(val_src, scfg)}
-    if cfg.task == "hcal" and cfg.hcal.init_prototypes == "class_means" and start_epoch == 0:
+    if cfg.task == "hcal" and cfg.hcal.init_prototypes != "random" and start_epoch == 0:
         streams["embed"] = embed_stream(train_src, scfg)
     check_resources(cfg, *supervised_needs(cfg), "resources.num_workers x cpus_per_worker/gpus_per_worker + "
                                                  "data.num_cpus")

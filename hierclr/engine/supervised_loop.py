@@ -223,10 +223,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ev = transforms.eval
 
     init_scores: dict[str, float] = {}
-    if state is None and cfg.task == "hcal" and cfg.hcal.init_prototypes == "class_means":
+    if state is None and cfg.task == "hcal" and cfg.hcal.init_prototypes != "random":
         t0 = time.perf_counter()
         means = class_means(model, eval_batches(ray.train.get_dataset_shard("embed"), ev.mean, ev.std, per_worker),
                             level_map_np.shape[0], device)
+        if cfg.hcal.init_prototypes == "centered_class_means":
+            seen = ~means.isnan().any(1)
+            means[seen] -= means[seen].mean(0)
         core.head.init_prototypes(means.to(device), level_map_np)
         # before any step: the initial network read out by its class means (a nearest-class-mean classifier)
         init_scores = {f"init/{k}": v for k, v in evaluate(
