@@ -28,17 +28,20 @@ class NodeGroup:
 def run_bundles(cfg, copies: int = 1, driver_cpus: float = 0.0) -> list[tuple[str, float, float]]:
     """The (what, CPUs, GPUs) resource requests of ``copies`` concurrent runs of ``cfg``, as Ray places them:
     one per Train worker, clustering actor and Ray Data CPU (1-CPU tasks), plus a per-run driver (sweep trials).
-    Their sums equal :func:`hierclr.engine.pretrain.run_needs` (checked here, so the two cannot drift)."""
-    from hierclr.engine.pretrain import run_needs
+    Their sums equal the run's own needs (:func:`hierclr.engine.pretrain.run_needs`,
+    :func:`hierclr.engine.supervised.supervised_needs`; checked here, so the two cannot drift)."""
+    from hierclr.engine.config import PretrainConfig
+    from hierclr.engine.jobs import JOBS
 
-    res, svc = cfg.resources, cfg.service
+    res = cfg.resources
     one: list[tuple[str, float, float]] = []
     one += [("train worker", res.cpus_per_worker, res.gpus_per_worker if res.use_gpu else 0.0)] * res.num_workers
-    if cfg.uses_clustering:
+    if isinstance(cfg, PretrainConfig) and cfg.uses_clustering:
+        svc = cfg.service
         cpus = svc.cpus_per_actor if svc.gpus_per_actor == 0 else 0.0
         one += [("clustering actor", cpus, svc.gpus_per_actor)] * svc.num_actors
     one += [("Ray Data task", 1.0, 0.0)] * cfg.data.num_cpus
-    need_cpu, need_gpu = run_needs(cfg)
+    need_cpu, need_gpu = JOBS["pretrain" if isinstance(cfg, PretrainConfig) else cfg.task].needs(cfg)
     assert abs(sum(b[1] for b in one) - need_cpu) < 1e-9 and abs(sum(b[2] for b in one) - need_gpu) < 1e-9, (
         "run_bundles no longer matches hierclr.engine.pretrain.run_needs: update this helper")
     if driver_cpus:

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from hierclr.engine.config import list_presets, load_config
+from hierclr.engine.supervised_config import list_supervised_presets
 from hierclr.engine.sweep_config import list_sweep_presets
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +91,8 @@ def test_documented_commands_name_scripts_and_presets_that_exist():
                 continue
             assert (REPO / "pipelines" / f"{script}.py").is_file(), f"{where}: no pipelines/{script}.py: {line}"
         for preset in re.findall(r"--config[ =]([\w.-]+)", line):
-            assert preset in list_presets() or preset in ("PRESET",), f"{where}: --config {preset} is not a preset"
+            assert preset in list_presets() or preset in list_supervised_presets() or preset in ("PRESET",), (
+                f"{where}: --config {preset} is not a preset")
         for space in re.findall(r"--space[ =]([\w.-]+)", line):
             assert space in list_sweep_presets() or space in ("SWEEP",), f"{where}: --space {space} is not a sweep"
     for where, line in commands:

@@ -12,6 +12,7 @@ import ray
 import yaml
 
 from hierclr.engine.config import list_presets, load_config
+from hierclr.engine.supervised_config import list_supervised_presets, load_supervised_config
 from hierclr.engine.sweep_config import list_sweep_presets, load_sweep
 
 CLUSTER_CONFIGS = Path(__file__).resolve().parents[2] / "cluster_configs"
@@ -114,6 +115,15 @@ def test_every_preset_fits_the_cluster_at_its_maximum(path, preset, cluster_chec
     at their max_workers (e.g. imagenet-r50-200ep: 8 x (4 CPU, 1 GPU) + a 1-GPU actor + 48 CPUs)."""
     groups = _node_groups(_load(path), cluster_checks)
     problems = cluster_checks.placement_problems(cluster_checks.run_bundles(load_config(preset)), groups)
+    assert not problems, f"{preset} on {path.name}: {problems}"
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("preset", list_supervised_presets())
+def test_every_supervised_preset_fits_the_cluster_at_its_maximum(path, preset, cluster_checks):
+    """finetune / hcal presets: Train workers and Ray Data CPUs on the node types at their max_workers."""
+    groups = _node_groups(_load(path), cluster_checks)
+    problems = cluster_checks.placement_problems(cluster_checks.run_bundles(load_supervised_config(preset)), groups)
     assert not problems, f"{preset} on {path.name}: {problems}"
 
 
