@@ -2,7 +2,7 @@
 
 The loss is the negative posterior-weighted ELBO, ``KL(q_phi(r'|z) || p_theta(r'|z)) - log p_theta(r|z)``,
 computed as the authors' code (ziwenwang28/VarContrast, ``VarConLoss``) computes it, in the spec's
-five steps (``/work/shared/specs/supervised.md``; the paper's Eq. 7-13 as the authors' code cites them):
+five steps (the project spec ``specs/supervised.md``; the paper's Eq. 7-13 as the authors' code cites them):
 
 1. Classes = the labels present in the batch. Centroid ``w_r`` = mean of the batch embeddings with
    label r, L2-normalised, **detached** (no gradient reaches the centroids).
