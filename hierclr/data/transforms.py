@@ -86,6 +86,8 @@ class AugmentConfig(_Section):
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel: int | None = Field(None, ge=1, description="odd; None: ~10% of each view's side")
     flip_p: float = Field(0.5, ge=0.0, le=1.0)
+    global_views: int = Field(2, ge=1, le=2, description="global crops per image: 2 for contrastive training, "
+                                                        "1 for the linear / semi-supervised protocols")
     local_crops: tuple[CropSpec, ...] = Field((), description="HCSC multi-crop local views")
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -174,15 +176,22 @@ class TransformConfig(_Section):
     eval: EvalTransformConfig = EvalTransformConfig()
 
     @classmethod
-    def preset(cls, name: Literal["imagenet", "imagenet_multicrop", "cifar"]) -> TransformConfig:
-        """``imagenet``: MoCo v2. ``imagenet_multicrop``: + HCSC's 4 local crops. ``cifar``: 32 px, no blur."""
+    def preset(cls, name: Literal["imagenet", "imagenet_multicrop", "cifar", "imagenet_linear", "cifar_linear"]
+               ) -> TransformConfig:
+        """``imagenet``: MoCo v2. ``imagenet_multicrop``: + HCSC's 4 local crops. ``cifar``: 32 px, no blur.
+        ``*_linear``: the linear / semi-supervised evaluation protocol (spec "Evaluation protocols"): one
+        RandomResizedCrop (scale 0.08-1, torchvision's default) + horizontal flip, no colour operations."""
+        plain = {"global_views": 1, "scale": (0.08, 1.0), "jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0}
         if name == "imagenet":
             return cls()
         if name == "imagenet_multicrop":
             return cls(train=AugmentConfig(local_crops=_MULTICROP))
-        if name == "cifar":
+        if name == "imagenet_linear":
+            return cls(train=AugmentConfig(**plain))
+        if name in ("cifar", "cifar_linear"):
+            train = {"size": 32, "scale": (0.2, 1.0), "blur_p": 0.0, **(plain if name == "cifar_linear" else {})}
             return cls(
-                train=AugmentConfig(size=32, scale=(0.2, 1.0), blur_p=0.0, mean=CIFAR_MEAN, std=CIFAR_STD),
+                train=AugmentConfig(**train, mean=CIFAR_MEAN, std=CIFAR_STD),
                 eval=EvalTransformConfig(resize=32, crop=32, mean=CIFAR_MEAN, std=CIFAR_STD),
             )
         raise ValueError(f"unknown transform preset {name!r}")
@@ -470,11 +479,12 @@ def apply_photometric(x: Tensor, params: PhotometricParams, cfg: AugmentConfig) 
 
 
 class MultiViewAugment:
-    """Two global views plus ``cfg.local_crops`` views per image, split into CPU crop and batched photometric."""
+    """``cfg.global_views`` (2) global views plus ``cfg.local_crops`` views per image, split into CPU crop and
+    batched photometric."""
 
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
-        self._specs: list[tuple[int, tuple[float, float]]] = [(cfg.size, cfg.scale)] * 2 + [
+        self._specs: list[tuple[int, tuple[float, float]]] = [(cfg.size, cfg.scale)] * cfg.global_views + [
             (c.size, c.scale) for c in cfg.local_crops
         ]
 

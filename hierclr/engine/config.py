@@ -32,7 +32,7 @@ class DataSection(_Section):
     val: str | None = Field("builtin://digits/val", description="labelled split for kNN monitoring; null: none")
     format: Literal["auto", "parquet", "webdataset", "imagefolder"] = "auto"
     hierarchy: str | None = Field(None, description="label hierarchy file (JSON or edge list) for non-parquet data")
-    transforms: Literal["imagenet", "imagenet_multicrop", "cifar"] = "cifar"
+    transforms: Literal["imagenet", "imagenet_multicrop", "cifar", "imagenet_linear", "cifar_linear"] = "cifar"
     augment_on: Literal["cpu", "device"] = "cpu"
     decode_batch_size: int = Field(64, ge=1, description="rows decoded and augmented together in one Ray Data task")
     num_cpus: int = Field(1, ge=1, description="CPU budget of each Ray Data stream")
@@ -150,6 +150,9 @@ class PretrainConfig(_Section):
         if self.model.queue_size % self.optim.batch_size:
             raise ValueError(f"model.queue_size ({self.model.queue_size}) must be a multiple of the global batch "
                              f"optim.batch_size ({self.optim.batch_size}) (MoCo queue invariant)")
+        if self.data.transform_config().train.global_views < 2:
+            raise ValueError(f"data.transforms={self.data.transforms} gives one view per image; contrastive "
+                             "pretraining needs two (the *_linear presets are for evaluation runs)")
         if self.method == "hcsc" and self.loss.warmup_epochs >= self.optim.epochs:
             pass  # legal (all warm-up = MoCo v2) but worth knowing; the trainer logs it
         return self

@@ -46,7 +46,10 @@ class SupervisedModelSection(_Section):
                                                "checkpoint (its MoCo head: needs matching dim / hidden_dim)")
     dim: int = Field(128, ge=1, description="projection (embedding) dimension of the contrastive losses")
     hidden_dim: int | None = Field(None, ge=1, description="projection MLP hidden width (null: the trunk's width)")
-    freeze_backbone: bool = Field(False, description="train only the heads (a linear-probe style run)")
+    freeze_backbone: bool = Field(False, description="linear evaluation: the trunk is frozen and kept in eval mode "
+                                                     "(BatchNorm statistics fixed); only the heads train")
+    classifier_init_std: float | None = Field(None, gt=0, description="classifier weights ~ N(0, std^2), bias 0 "
+                                                                      "(linear protocol: 0.01); null: PyTorch's")
 
 
 class SupervisedLossSection(_Section):
@@ -104,8 +107,21 @@ class SupervisedOptimSection(OptimSection):
     """SGD, cosine per epoch after ``warmup_epochs`` of linear warm-up; lr = base_lr * batch / 256 for the
     trunk and heads (HCAL prototypes: :class:`HCALSection` lrs, on the same schedule)."""
 
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    milestones: tuple[int, ...] = Field((), description="step schedule: epochs at which the lr is multiplied by "
+                                                        "step_gamma (linear protocol: 60, 80)")
+    step_gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
     head_lr_scale: float = Field(1.0, gt=0, description="lr of the heads (projection, classifier) / trunk lr")
+
+    @model_validator(mode="after")
+    def _milestones(self) -> SupervisedOptimSection:
+        if self.schedule == "step":
+            m = self.milestones
+            if not m or list(m) != sorted(set(m)) or m[0] < 1 or m[-1] >= self.epochs:
+                raise ValueError(f"optim.milestones must be increasing epochs in 1..{self.epochs - 1} for the step "
+                                 f"schedule, got {list(m)}")
+        return self
 
 
 class SupervisedEvalSection(_Section):

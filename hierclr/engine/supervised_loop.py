@@ -61,7 +61,11 @@ def build_network(cfg: SupervisedConfig, level_map: np.ndarray) -> nn.Module:
         return HCALNet(m.backbone, sizes, feat_dim=h.feat_dim, hidden_dim=h.hidden_dim, perturbation=h.perturbation,
                        cifar_stem=m.cifar_stem)
     dim = None if cfg.loss.name == "ce" else m.dim  # CE never reads the embedding
-    return SupervisedNet(m.backbone, sizes[0], dim=dim, hidden_dim=m.hidden_dim, cifar_stem=m.cifar_stem)
+    net = SupervisedNet(m.backbone, sizes[0], dim=dim, hidden_dim=m.hidden_dim, cifar_stem=m.cifar_stem)
+    if m.classifier_init_std is not None:
+        nn.init.normal_(net.classifier.weight, 0.0, m.classifier_init_std)
+        nn.init.zeros_(net.classifier.bias)
+    return net
 
 
 def init_weights(net: nn.Module, cfg: SupervisedConfig) -> str | None:
@@ -103,12 +107,14 @@ def param_groups(net: nn.Module, cfg: SupervisedConfig) -> list[dict]:
 
 def lr_factor(cfg: SupervisedConfig, epoch: int) -> float:
     """Linear warm-up over ``warmup_epochs`` ((e + 1) / w), then cosine to 0 over the remaining epochs
-    (``constant``: 1 after warm-up)."""
+    (``constant``: 1 after warm-up; ``step``: ``step_gamma`` per milestone reached)."""
     o = cfg.optim
     if epoch < o.warmup_epochs:
         return (epoch + 1) / o.warmup_epochs
     if o.schedule == "constant":
         return 1.0
+    if o.schedule == "step":  # x step_gamma at every milestone reached (linear protocol: 60, 80)
+        return o.step_gamma ** sum(epoch >= m for m in o.milestones)
     span = max(o.epochs - o.warmup_epochs, 1)
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
 
@@ -261,6 +267,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         gen = step_generator(cfg.seed, epoch, rank, device)
         avg = MetricAverager()
         model.train()
+        if cfg.model.freeze_backbone:
+            core.backbone.eval()  # linear protocol: the frozen trunk's BatchNorm keeps its statistics
         t0 = time.perf_counter()
         steps = 0
         for batch in train_it.iter_torch_batches(batch_size=per_worker, drop_last=True, device="cpu"):

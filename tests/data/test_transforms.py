@@ -322,3 +322,21 @@ def test_torchvision_pipeline():
     cifar = torchvision_pipeline(TransformConfig.preset("cifar").train)
     assert len(cifar.transforms) == 7  # blur_p = 0: no GaussianBlur step
     assert cifar(img[:, :32, :32]).shape == (3, 32, 32)
+
+
+def test_linear_presets_give_one_plain_view():
+    from hierclr.data.transforms import MultiViewAugment, TransformConfig
+
+    for name, size in (("imagenet_linear", 224), ("cifar_linear", 32)):
+        t = TransformConfig.preset(name)
+        aug = MultiViewAugment(t.train)
+        assert aug.num_views == 1 and aug.view_sizes == [size]
+        assert t.train.jitter_p == t.train.grayscale_p == t.train.blur_p == 0.0 and t.train.flip_p == 0.5
+    assert MultiViewAugment(TransformConfig.preset("cifar").train).num_views == 2
+
+
+def test_pretraining_refuses_a_one_view_transform():
+    from hierclr.engine.config import load_config
+
+    with pytest.raises(ValueError, match="two"):
+        load_config("demo", ["data.transforms=cifar_linear"])

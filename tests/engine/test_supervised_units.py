@@ -207,3 +207,36 @@ def test_evaluate_scores_levels_top5_and_hvr_single_process():
     assert fout["acc/top1"] == pytest.approx(float((logits.argmax(1) == labels[:6]).float().mean()))
     assert fout["acc/top5"] == pytest.approx(float((logits.topk(5).indices == labels[:6, None]).any(1).float().mean()))
     assert "val/hvr" not in fout  # finetune's coarse levels are the fine prediction's ancestors
+
+
+# ------------------------------------------------------------------------------- evaluation protocols
+def test_step_schedule_and_its_validation():
+    cfg = cfg_of("optim.epochs=100", "optim.schedule=step", "optim.milestones=[60,80]")
+    assert [lr_factor(cfg, e) for e in (0, 59, 60, 79, 80, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    with pytest.raises(ValueError, match="optim.milestones"):
+        cfg_of("optim.epochs=10", "optim.schedule=step", "optim.milestones=[8,4]")
+    with pytest.raises(ValueError, match="optim.milestones"):
+        cfg_of("optim.epochs=10", "optim.schedule=step")
+
+
+def test_linear_protocol_preset_freezes_the_trunk_in_eval_mode_and_inits_the_classifier():
+    cfg = load_supervised_config("imagenet-r50-linear", ["model.backbone=resnet10", "model.cifar_stem=true"])
+    assert cfg.model.freeze_backbone and cfg.optim.lr == 5.0 and cfg.optim.weight_decay == 0.0
+    assert cfg.data.transform_config().train.global_views == 1
+    torch.manual_seed(0)
+    net = build_network(cfg, LEVEL_MAP)
+    w = net.classifier.weight.detach().clone()
+    assert abs(float(w.std()) - 0.01) < 0.002 and not net.classifier.bias.any()
+    opt = torch.optim.SGD(param_groups(net, cfg), lr=1.0)
+    bn = net.backbone.bn1
+    before = (bn.running_mean.clone(), net.backbone.conv1.weight.detach().clone())
+    net.train()
+    net.backbone.eval()  # what the loop does every epoch with freeze_backbone
+    x, y = torch.randn(8, 3, 32, 32) * 3 + 1, torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    loss, _ = finetune_loss(net, cfg, x, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert torch.equal(bn.running_mean, before[0])  # BatchNorm statistics untouched
+    assert torch.equal(net.backbone.conv1.weight, before[1])  # trunk untouched
+    assert not torch.equal(net.classifier.weight.detach(), w)  # the classifier trained

@@ -1,0 +1,76 @@
+"""The feature-based protocols against brute-force references and data with a known answer."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hierclr.eval.protocols import clustering_protocol, hierarchy_protocol, knn_protocol
+
+
+def _knn_reference(train, ty, val, vy, k, t, c):
+    """Explicit loops: cosine similarity to every training row, top-k, exp(s / t) vote per class."""
+    def unit(v):
+        n = max(math.sqrt(sum(a * a for a in v)), 1e-12)
+        return [a / n for a in v]
+    tr = [unit(list(map(float, r))) for r in train]
+    top1 = top5 = 0
+    for x, y in zip(val, vy):
+        xv = unit(list(map(float, x)))
+        sims = sorted(((sum(a * b for a, b in zip(xv, r)), i) for i, r in enumerate(tr)), key=lambda p: -p[0])[:k]
+        score = [0.0] * c
+        for s, i in sims:
+            score[ty[i]] += math.exp(s / t)
+        order = sorted(range(c), key=lambda j: (-score[j], j))
+        top1 += order[0] == y
+        top5 += y in order[:5]
+    return top1 / len(vy), top5 / len(vy)
+
+
+def test_knn_protocol_matches_a_brute_force_reference():
+    rng = np.random.default_rng(0)
+    c = 7
+    centers = rng.normal(size=(c, 6))
+    ty = rng.integers(0, c, 60)
+    vy = rng.integers(0, c, 25)
+    train = centers[ty] + rng.normal(scale=1.2, size=(60, 6))
+    val = centers[vy] + rng.normal(scale=1.2, size=(25, 6))
+    out = knn_protocol(train, ty, val, vy, ks=(3, 10, 20), temperature=0.07, num_classes=c)
+    for k in (3, 10, 20):
+        t1, t5 = _knn_reference(train, ty, val, vy, k, 0.07, c)
+        assert out[f"knn/top1_k{k}"] == pytest.approx(t1)
+        assert out[f"knn/top5_k{k}"] == pytest.approx(t5)
+    best = max((3, 10, 20), key=lambda k: (out[f"knn/top1_k{k}"], -k))
+    assert out["knn/best_k"] == best and out["knn/top1_best"] == out[f"knn/top1_k{best}"]
+    capped = knn_protocol(train, ty, val, vy, ks=(200,), num_classes=c)  # k > n_train: all 60 neighbours
+    assert capped["knn/top1_k200"] == pytest.approx(_knn_reference(train, ty, val, vy, 60, 0.07, c)[0])
+
+
+def test_clustering_protocol_on_separated_blobs():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 50)
+    x = np.eye(8)[y] * 10 + rng.normal(scale=0.05, size=(200, 8))
+    out = clustering_protocol(x, y, (4, 8), seed=0, backend="faiss")
+    assert out["clustering/k4/acc"] == pytest.approx(1.0)
+    assert out["clustering/k4/nmi"] == pytest.approx(1.0)
+    assert out["clustering/k4/ami"] == pytest.approx(1.0)
+    assert out["clustering/k8/acc"] < 1.0 and out["clustering/k8/nmi"] > 0.7  # over-clustered: split blobs
+    with pytest.raises(ValueError, match="exceeds"):
+        clustering_protocol(x, y, (500,))
+
+
+def test_hierarchy_protocol_recovers_a_planted_two_level_hierarchy():
+    rng = np.random.default_rng(2)
+    fine = np.repeat(np.arange(6), 40)
+    coarse = fine // 3
+    centers = np.concatenate([np.eye(2)[np.arange(6) // 3] * 8, np.eye(6) * 2], axis=1)
+    x = centers[fine] + rng.normal(scale=0.05, size=(240, 8))
+    labels = np.stack([fine, coarse], 1)
+    out = hierarchy_protocol(x, labels, seed=0, backend="faiss")
+    assert out["hierarchy/kmeans_label0"] == pytest.approx(1.0, abs=1e-6)
+    assert out["hierarchy/kmeans_label1"] == pytest.approx(1.0, abs=1e-6)
+    protos = np.stack([fine, coarse], 1)  # perfect prototype assignments: AMI 1 at every level
+    out = hierarchy_protocol(x, labels, prototype_assignments=protos, seed=0, backend="faiss")
+    assert out["hierarchy/prototypes_label0"] == pytest.approx(1.0) and out["hierarchy/prototypes_label1"] == \
+        pytest.approx(1.0)
