@@ -3,6 +3,7 @@
     hierclr pretrain --config PRESET|FILE [--set k=v ...]   distributed pretraining on Ray (HCSC, MoCo v2, PCL v2)
     hierclr finetune --loss ce|supcon|clce|varcon [--config ...]   supervised training / fine-tuning on Ray Train
     hierclr hcal [--config ...]        hierarchical classification (HCAL) on a dataset with a label hierarchy
+    hierclr evaluate --source CKPT [--config ...]   kNN / linear / semi-supervised / clustering / hierarchy protocols
     hierclr demo                      single-process HCSC on synthetic images (no download, CPU)
     hierclr kmeans FEATURES.npy ...   hierarchical K-means of a feature file into Prototypes
     hierclr prepare-data SRC OUT ...  ImageFolder tree / CIFAR archive -> parquet shards + manifest (on Ray)
@@ -145,6 +146,31 @@ def _cmd_supervised(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from hierclr.engine.evaluate_config import list_evaluate_presets, load_evaluate_config
+
+    if args.list_presets:
+        print("\n".join(list_evaluate_presets()))
+        return 0
+    overrides = list(args.set or ())
+    if args.source:
+        overrides.insert(0, f"source={args.source}")
+    if args.protocols:
+        overrides.insert(0, f"protocols=[{args.protocols}]")
+    cfg = load_evaluate_config(args.config, overrides)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from hierclr.engine.evaluate import run_evaluate
+
+    t0 = time.perf_counter()
+    result = run_evaluate(cfg)
+    print(json.dumps({"results": result.results_path, "output_dir": result.output_dir,
+                      "mlflow_run_id": result.mlflow_run_id, "parent_run_id": result.parent_run_id,
+                      "seconds": round(time.perf_counter() - t0, 1)}))
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from hierclr.engine.sweep_config import list_sweep_presets, load_sweep
 
@@ -213,6 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--stop-after-epoch", dest="stop_after_epoch", type=int, default=None,
                         help="checkpoint and exit after this epoch (resume later with --resume latest)")
         sp.set_defaults(func=_cmd_supervised)
+
+    evl = sub.add_parser("evaluate", help="the paper's evaluation protocols for an encoder (kNN, linear, semi-supervised, "
+                                          "clustering, hierarchy), on Ray, into MLflow")
+    evl.add_argument("--config", default="digits", help="evaluate preset (see --list-presets) or YAML file")
+    evl.add_argument("--source", default=None, help="the encoder: hierclr checkpoint / run dir / best_encoder.pt, "
+                                                    "torchvision state dict, official MoCo-style checkpoint, "
+                                                    "or mlflow:<run id>")
+    evl.add_argument("--protocols", default=None, help="comma-separated subset of knn,linear,semi,clustering,hierarchy")
+    evl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one field, e.g. --set knn.ks=[20]")
+    evl.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    evl.add_argument("--list-presets", action="store_true", help="list the built-in presets and exit")
+    evl.set_defaults(func=_cmd_evaluate)
 
     swp = sub.add_parser("sweep", help="Ray Tune sweep of pretraining runs (hierarchy sizes, temperatures, ...)")
     swp.add_argument("--space", default="demo-sweep", help="sweep file (YAML) or built-in sweep (--list-presets)")

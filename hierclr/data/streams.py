@@ -247,8 +247,12 @@ def _per_unit(task):
     per task (not ``batch_size`` units, which a fused read + ``map_batches(batch_size=B)`` would wait for)
     keeps all CPUs busy; yielding per slice streams the unit's output instead of holding it to the end."""
 
-    def run(units: dict, *, batch_size: int, reader: dict, **kwargs):
+    def run(units: dict, *, batch_size: int, reader: dict, keep_ids: np.ndarray | None = None, **kwargs):
         batch = read_units(units, **reader)
+        if keep_ids is not None:  # a label subset (semi-supervised protocol): drop other rows before decoding
+            mask = np.isin(batch["id"], keep_ids)
+            batch = {k: (v[mask] if isinstance(v, np.ndarray) else [x for x, m in zip(v, mask) if m])
+                     for k, v in batch.items()}
         n = len(batch["id"])
         for start in range(0, n, batch_size):
             out = task({k: v[start : start + batch_size] for k, v in batch.items()}, **kwargs)
@@ -259,16 +263,19 @@ def _per_unit(task):
     return run
 
 
-def train_stream(source: ShardSource, cfg: StreamConfig | None = None) -> ImageStream:
+def train_stream(source: ShardSource, cfg: StreamConfig | None = None, *,
+                 keep_ids: np.ndarray | None = None) -> ImageStream:
     """Shuffled (unit order per epoch + within batches), decoded, two-view (or multi-crop) augmented rows:
-    ``view0..viewV-1`` uint8 ``(3, S, S)``, ``id``, ``label``, ``labels``."""
+    ``view0..viewV-1`` uint8 ``(3, S, S)``, ``id``, ``label``, ``labels``. ``keep_ids``: only these dataset
+    ids (a label subset), filtered before decoding."""
     cfg = cfg or StreamConfig()
     ledger = _ledger(source, cfg, "train")
     ds = source.units_dataset(shuffle_seed=cfg.seed if cfg.shuffle else None)
     ds = ds.map_batches(_per_unit(_train_task), batch_size=None, num_cpus=1,
                         fn_kwargs={"batch_size": cfg.batch_size, "reader": source.reader_kwargs(),
                                    "transforms": cfg.transforms, "augment_on": cfg.augment_on, "seed": cfg.seed,
-                                   "ledger": ledger})
+                                   "ledger": ledger,
+                                   "keep_ids": None if keep_ids is None else np.unique(np.asarray(keep_ids))})
     return ImageStream("train", _budget(ds, cfg), source, cfg, ledger)
 
 

@@ -83,15 +83,17 @@ def run_supervised(cfg: SupervisedConfig, *, resume: str | None = None, stop_aft
     train_src = open_source(data_path(cfg.data.train, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
     val_src = open_source(data_path(cfg.data.val, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
     level_map = _label_space(train_src, val_src, cfg)
-    if train_src.num_rows < cfg.optim.batch_size:
-        raise ValueError(f"data.train has {train_src.num_rows} images, fewer than one global batch "
-                         f"(optim.batch_size={cfg.optim.batch_size})")
+    keep_ids = _subset_ids(cfg, train_src) if cfg.subset.active else None
+    num_train = train_src.num_rows if keep_ids is None else len(keep_ids)
+    if num_train < cfg.optim.batch_size:
+        raise ValueError(f"data.train has {num_train} images{' in the subset' if keep_ids is not None else ''}, "
+                         f"fewer than one global batch (optim.batch_size={cfg.optim.batch_size})")
     if cfg.model.init:
         _check_init(cfg, level_map)
     scfg = StreamConfig(transforms=cfg.data.transform_config(), batch_size=cfg.data.decode_batch_size,
                         num_cpus=cfg.data.num_cpus, augment_on=cfg.data.augment_on, seed=cfg.seed,
                         max_bad_fraction=cfg.data.max_bad_fraction)
-    streams = {"train": train_stream(train_src, scfg), "val": embed_stream(val_src, scfg)}
+    streams = {"train": train_stream(train_src, scfg, keep_ids=keep_ids), "val": embed_stream(val_src, scfg)}
     if cfg.task == "hcal" and cfg.hcal.init_prototypes != "random" and start_epoch == 0:
         streams["embed"] = embed_stream(train_src, scfg)
     check_resources(cfg, *supervised_needs(cfg), "resources.num_workers x cpus_per_worker/gpus_per_worker + "
@@ -113,7 +115,7 @@ def run_supervised(cfg: SupervisedConfig, *, resume: str | None = None, stop_aft
                             run_id=(resume_state or {}).get("mlflow_run_id"), run_key=link.run_key)
     levels = "-".join(str(int(level_map[:, lv].max()) + 1) for lv in range(level_map.shape[1]))
     echo(f"hierclr {cfg.task}: run {run_name} ({cfg.method}, {cfg.resources.num_workers} worker(s), "
-         f"{train_src.num_rows} images, classes per level {levels}, epochs {start_epoch}..{cfg.optim.epochs - 1}); "
+         f"{num_train} images{' (label subset)' if keep_ids is not None else ''}, classes per level {levels}, epochs {start_epoch}..{cfg.optim.epochs - 1}); "
          f"storage {run_dir}; MLflow {'run ' + tracker.run_id + ' at ' + tracking.uri if tracker.enabled else 'off'}")
 
     run = SupervisedRunContext(run_dir=run_dir, clock_name=clock_name, level_map=level_map.tolist(),
@@ -153,6 +155,25 @@ def run_supervised(cfg: SupervisedConfig, *, resume: str | None = None, stop_aft
     tracker.finish("FINISHED")
     return SupervisedResult(run_dir=run_dir, checkpoint=ckpt_path, history=history, best=best,
                             mlflow_run_id=mlflow_run_id)
+
+
+def _subset_ids(cfg: SupervisedConfig, train_src) -> np.ndarray:
+    """The dataset ids of ``subset``: from ``ids_file``, or a seeded per-class fraction of the labels (read once)."""
+    from hierclr.eval.subsets import per_class_subset
+
+    sub = cfg.subset
+    if sub.ids_file is not None:
+        loc = resolve(sub.ids_file)
+        if not loc.exists():
+            raise FileNotFoundError(f"subset.ids_file: {sub.ids_file} does not exist")
+        ids = np.load(io.BytesIO(loc.read_bytes()))
+        if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) == 0:
+            raise ValueError(f"subset.ids_file {sub.ids_file}: expected a non-empty 1-D integer array of dataset ids")
+        return np.unique(ids.astype(np.int64))
+    rows = train_src.read().select_columns(["id", "label"]).take_all()
+    ids = np.array([r["id"] for r in rows], np.int64)
+    labels = np.array([r["label"] for r in rows], np.int64)
+    return per_class_subset(ids, labels, sub.fraction, seed=sub.seed)
 
 
 def _check_init(cfg: SupervisedConfig, level_map: np.ndarray) -> None:

@@ -124,6 +124,26 @@ class SupervisedOptimSection(OptimSection):
         return self
 
 
+class SubsetSection(_Section):
+    """Train on a label subset (semi-supervised protocol): ``fraction`` of every class, seeded (one extra read
+    pass over the training split's labels), or the dataset ids in ``ids_file`` (a ``.npy``; what
+    ``hierclr evaluate`` passes). File lists such as ``1percent.txt``: ``hierclr prepare-data --subset-file``."""
+
+    fraction: float | None = Field(None, gt=0, le=1)
+    ids_file: str | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one(self) -> SubsetSection:
+        if self.fraction is not None and self.ids_file is not None:
+            raise ValueError("subset: give fraction or ids_file, not both")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.fraction is not None or self.ids_file is not None
+
+
 class SupervisedEvalSection(_Section):
     every: int = Field(1, ge=0, description="evaluate on the val split every N epochs (0: only at the end)")
     select: str | None = Field(None, description="metric that picks the best checkpoint (default acc/top1 for "
@@ -140,6 +160,7 @@ class SupervisedConfig(_Section):
     model: SupervisedModelSection = SupervisedModelSection()
     loss: SupervisedLossSection = SupervisedLossSection()
     hcal: HCALSection = HCALSection()
+    subset: SubsetSection = SubsetSection()
     optim: SupervisedOptimSection = SupervisedOptimSection(epochs=100, base_lr=0.1)
     resources: ResourcesSection = ResourcesSection()
     checkpoint: CheckpointSection = CheckpointSection()

@@ -58,13 +58,16 @@ def build_network(cfg: SupervisedConfig, level_map: np.ndarray) -> nn.Module:
     sizes = level_sizes(level_map)
     if cfg.task == "hcal":
         h = cfg.hcal
-        return HCALNet(m.backbone, sizes, feat_dim=h.feat_dim, hidden_dim=h.hidden_dim, perturbation=h.perturbation,
-                       cifar_stem=m.cifar_stem)
-    dim = None if cfg.loss.name == "ce" else m.dim  # CE never reads the embedding
-    net = SupervisedNet(m.backbone, sizes[0], dim=dim, hidden_dim=m.hidden_dim, cifar_stem=m.cifar_stem)
-    if m.classifier_init_std is not None:
-        nn.init.normal_(net.classifier.weight, 0.0, m.classifier_init_std)
-        nn.init.zeros_(net.classifier.bias)
+        net = HCALNet(m.backbone, sizes, feat_dim=h.feat_dim, hidden_dim=h.hidden_dim, perturbation=h.perturbation,
+                      cifar_stem=m.cifar_stem)
+    else:
+        dim = None if cfg.loss.name == "ce" else m.dim  # CE never reads the embedding
+        net = SupervisedNet(m.backbone, sizes[0], dim=dim, hidden_dim=m.hidden_dim, cifar_stem=m.cifar_stem)
+        if m.classifier_init_std is not None:
+            nn.init.normal_(net.classifier.weight, 0.0, m.classifier_init_std)
+            nn.init.zeros_(net.classifier.bias)
+    if m.freeze_backbone:  # before DDP wraps the network: DDP must not wait for the trunk's gradients
+        net.backbone.requires_grad_(False)
     return net
 
 
@@ -89,8 +92,6 @@ def param_groups(net: nn.Module, cfg: SupervisedConfig) -> list[dict]:
     groups = []
     if not cfg.model.freeze_backbone:
         groups.append({"params": list(net.backbone.parameters()), "peak_lr": o.lr, "name": "backbone"})
-    else:
-        net.backbone.requires_grad_(False)
     if cfg.task == "hcal":
         head = net.head
         groups.append({"params": head.projection_parameters(), "peak_lr": o.lr * o.head_lr_scale, "name": "projection"})

@@ -74,3 +74,21 @@ def test_hierarchy_protocol_recovers_a_planted_two_level_hierarchy():
     out = hierarchy_protocol(x, labels, prototype_assignments=protos, seed=0, backend="faiss")
     assert out["hierarchy/prototypes_label0"] == pytest.approx(1.0) and out["hierarchy/prototypes_label1"] == \
         pytest.approx(1.0)
+
+
+def test_per_class_subset_is_seeded_per_class_and_order_free():
+    from hierclr.eval.subsets import per_class_subset
+
+    ids = np.arange(100, 400)
+    labels = np.repeat([0, 1, 2], 100)
+    labels[5] = -1  # unlabelled: never drawn
+    a = per_class_subset(ids, labels, 0.1, seed=3)
+    perm = np.random.default_rng(0).permutation(300)
+    b = per_class_subset(ids[perm], labels[perm], 0.1, seed=3)
+    assert np.array_equal(a, b) and np.all(np.diff(a) > 0)
+    by_class = {c: np.isin(a, ids[labels == c]).sum() for c in (0, 1, 2)}
+    assert by_class == {0: 10, 1: 10, 2: 10} and 105 not in a
+    assert len(per_class_subset(ids, labels, 0.001)) == 3  # at least one per class
+    assert not np.array_equal(a, per_class_subset(ids, labels, 0.1, seed=4))
+    with pytest.raises(ValueError, match="fraction"):
+        per_class_subset(ids, labels, 0.0)
