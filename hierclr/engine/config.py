@@ -119,6 +119,9 @@ class EvalSection(_Section):
                                         "(paper Table 11), when the training split has labels")
     ami_max_samples: int | None = Field(50_000, ge=100, description="seeded subsample for AMI (sklearn's expected "
                                                                     "mutual information is slow at ImageNet scale)")
+    selection_quality: bool = Field(True, description="precision / recall of the false negatives ICSC drops per "
+                                                      "level, per epoch (paper Fig. 5), when the training split has "
+                                                      "labels")
 
 
 class PretrainConfig(_Section):

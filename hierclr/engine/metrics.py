@@ -1,4 +1,5 @@
-"""Cross-rank averaging of per-step metrics (cluster statistics come with the E-step: ``EStepStats``)."""
+"""Cross-rank averaging of per-step metrics and summing of counts (cluster statistics come with the E-step:
+``EStepStats``)."""
 from __future__ import annotations
 
 import torch
@@ -30,3 +31,12 @@ class MetricAverager:
             dist.all_reduce(vec)
         steps = max(float(vec[-1]), 1.0)
         return {k: float(v) / steps for k, v in zip(keys, vec[:-1].tolist())}
+
+
+def sum_over_ranks(counts: Tensor) -> Tensor:
+    """``counts`` summed over every rank (one all-reduce, on a copy; a collective: every rank calls it with the
+    same shape); without a process group, ``counts`` itself. Counts add up; ratios of them do not."""
+    if dist.is_available() and dist.is_initialized():
+        counts = counts.clone()
+        dist.all_reduce(counts)
+    return counts

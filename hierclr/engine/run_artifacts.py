@@ -2,8 +2,8 @@
 
 * per E-step (rank 0): ``hierarchy/epoch_<e>/tree.json`` (parents, members, phi per level) and
   ``hierarchy/epoch_<e>/cluster_sizes.png`` (per-level histograms of cluster sizes);
-* every epoch (rank 0): ``plots/learning_curves.png`` and, with labels, ``plots/ami.png`` (overwritten, so an
-  ASHA-stopped trial still has them);
+* every epoch (rank 0): ``plots/learning_curves.png`` and, with labels, ``plots/ami.png`` and
+  ``plots/selection_quality.png`` (overwritten, so an ASHA-stopped trial still has them);
 * at the end (driver): the final tree and histograms under ``hierarchy/final/`` and image grids of prototype
   chains from the finest to the coarsest level (paper Fig. 3/6) under ``hierarchy/chains/``.
 
@@ -49,8 +49,9 @@ def log_hierarchy(tracker, protos, folder: str) -> None:
 
 @_safe("learning curves")
 def log_curves(tracker, history: list[dict]) -> None:
-    """Learning curves (losses, kNN, lr) and, when AMI was measured, AMI per label level versus epoch."""
-    from hierclr.viz.plots import ami_curves, learning_curves
+    """Learning curves (losses, kNN, lr) and, when measured, AMI per label level and the precision / recall of
+    ICSC's dropped false negatives per level (paper Fig. 5) versus epoch."""
+    from hierclr.viz.plots import ami_curves, learning_curves, selection_quality_curves
 
     if tracker is None or not tracker.enabled or not history:
         return
@@ -58,6 +59,8 @@ def log_curves(tracker, history: list[dict]) -> None:
         learning_curves(history, Path(tmp, "learning_curves.png"))
         if any(k.startswith("ami/") for row in history for k in row):
             ami_curves(history, Path(tmp, "ami.png"))
+        if any(k.startswith("selection/") for row in history for k in row):
+            selection_quality_curves(history, Path(tmp, "selection_quality.png"))
         tracker.log_artifact(tmp, "plots")
 
 

@@ -6,12 +6,16 @@ notebook run exactly the step that the cluster runs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from hierclr.clustering.prototypes import Prototypes
 from hierclr.models.moco import MoCo
+
+if TYPE_CHECKING:
+    from hierclr.eval.selection_quality import SelectionCounter
 
 
 def _core(model: nn.Module) -> MoCo:
@@ -31,6 +35,7 @@ def hcsc_train_step(
     local_views: Sequence[Tensor] = (),
     generator: torch.Generator | None = None,
     amp_dtype: torch.dtype | None = None,
+    selection: SelectionCounter | None = None,
 ) -> dict[str, Tensor]:
     """Forward all views, loss (ICSC + PCSC, or InfoNCE in warm-up), SGD step, then enqueue keys.
 
@@ -38,6 +43,8 @@ def hcsc_train_step(
     queue as it was *before* this batch; optimizer step; enqueue this batch's keys and ids. Local
     (multi-crop) views go through ``model`` itself, so a DDP wrapper reduces their gradients too.
     ``amp_dtype`` (e.g. ``torch.bfloat16``) autocasts the encoders; the loss is computed in fp32.
+    ``selection`` (HCSC with instance selection, after warm-up): counts the ICSC masks of this step against
+    the labels of the queue they were drawn on (paper Fig. 5), on the device.
     Returns the objective's detached metrics.
     """
     core = _core(model)
@@ -46,10 +53,14 @@ def hcsc_train_step(
         out = model(im_q, im_k, list(local_views)) if local_views else model(im_q, im_k)
     q, k = out[0].float(), out[1].float()
     local_q = [v.float() for v in out[2]] if local_views else []
-    loss, metrics = objective(q, k, core.queue, prototypes, ids, local_q=local_q, generator=generator)
+    masks: list[Tensor] = []
+    hook = {"out_masks": masks} if selection is not None else {}
+    loss, metrics = objective(q, k, core.queue, prototypes, ids, local_q=local_q, generator=generator, **hook)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    if selection is not None:
+        selection.add(masks, ids, core.queue_ids)  # before the enqueue: the queue the masks were drawn on
     core.enqueue(k, ids)
     return metrics
 

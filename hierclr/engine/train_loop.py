@@ -6,7 +6,8 @@ Every worker runs :func:`train_loop_per_worker` (DDP over NCCL on GPUs, gloo on 
    stream; the (ids, features) shard goes to the clustering service as an object ref; every worker
    receives the same :class:`Prototypes` for the epoch.
 2. M-step: the ``train`` stream's views through :func:`hcsc_train_step` (MoCo queue shared across
-   workers through the all-gathered enqueue), lr on a per-epoch cosine schedule.
+   workers through the all-gathered enqueue), lr on a per-epoch cosine schedule. With labels, the ICSC
+   masks are counted against them on the device and summed over the ranks once (paper Fig. 5).
 3. Every ``eval.every`` epochs: weighted kNN (backbone features) on the labelled ``val`` split, the
    train split's features staying sharded on the workers (per-shard top-k, merged on rank 0).
 4. ``ray.train.report`` with the epoch's metrics (and a checkpoint every ``checkpoint.every`` epochs);
@@ -35,10 +36,11 @@ from hierclr.data.streams import finish_views
 from hierclr.data.transforms import MultiViewAugment
 from hierclr.engine.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hierclr.engine.config import PretrainConfig
-from hierclr.engine.metrics import MetricAverager
+from hierclr.engine.metrics import MetricAverager, sum_over_ranks
 from hierclr.engine.run_artifacts import log_curves, log_hierarchy
 from hierclr.engine.step import embed_pass, hcsc_train_step
 from hierclr.eval.knn import knn_accuracy_from_topk, knn_topk, merge_topk
+from hierclr.eval.selection_quality import SelectionCounter, selection_metrics
 from hierclr.losses import HCSCObjective, PCLObjective
 from hierclr.models import MoCo
 
@@ -80,6 +82,16 @@ def build_objective(cfg: PretrainConfig):
 
 def uses_prototypes(cfg: PretrainConfig, epoch: int) -> bool:
     return cfg.uses_clustering and epoch >= cfg.loss.warmup_epochs
+
+
+def selection_counter(cfg: PretrainConfig, protos, fine_by_id: torch.Tensor | None) -> SelectionCounter | None:
+    """A counter of this epoch's ICSC masks against the labels (paper Fig. 5), or None where the epoch draws no
+    ICSC mask (warm-up, MoCo / PCL, instance loss or selection off) or the training split has no labels."""
+    loss = cfg.loss
+    if not (cfg.eval.selection_quality and cfg.method == "hcsc" and protos is not None and fine_by_id is not None
+            and loss.instance_loss and loss.instance_selection):
+        return None
+    return SelectionCounter(fine_by_id, protos.num_levels if loss.hierarchical_prototypes else 1)
 
 
 def build_model(cfg: PretrainConfig) -> MoCo:
@@ -205,7 +217,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ev = transforms.eval
 
     level_map = np.asarray(run.level_map, np.int64) if run.level_map else None
-    labels_by_id = None  # filled at the first E-step when AMI is measured
+    labels_by_id = None  # (N, L) labels of every id, filled at the first E-step when AMI or selection is measured
+    fine_by_id = None  # its level-0 column on the device, for the selection counts
     last = cfg.optim.epochs - 1
     if run.stop_after_epoch is not None:
         last = min(last, run.stop_after_epoch)
@@ -237,15 +250,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
             row.update(stats.as_metrics(prefix="cluster/"))
             protos = protos.to(device)
             check_ids = stats.num_missing > 0  # ids skipped by the embed stream must not reach the loss
-            if cfg.eval.ami and level_map is not None:
-                if labels_by_id is None:
-                    labels_by_id = gather_labels(embedded["ids"], embedded["labels"], len(protos.assignments),
-                                                 level_map)
-                if rank == 0:  # paper Table 11, per epoch
-                    from hierclr.eval.hierarchy_ami import prototype_label_ami
+            if (cfg.eval.ami or cfg.eval.selection_quality) and level_map is not None and labels_by_id is None:
+                labels_by_id = gather_labels(embedded["ids"], embedded["labels"], len(protos.assignments), level_map)
+                fine_by_id = torch.as_tensor(labels_by_id[:, 0], device=device)
+            if cfg.eval.ami and level_map is not None and rank == 0:  # paper Table 11, per epoch
+                from hierclr.eval.hierarchy_ami import prototype_label_ami
 
-                    row.update(prototype_label_ami(protos.assignments.cpu().numpy(), labels_by_id,
-                                                   max_samples=cfg.eval.ami_max_samples, seed=cfg.seed))
+                row.update(prototype_label_ami(protos.assignments.cpu().numpy(), labels_by_id,
+                                               max_samples=cfg.eval.ami_max_samples, seed=cfg.seed))
             every = cfg.tracking.hierarchy_every
             if tracker is not None and every and (epoch - cfg.loss.warmup_epochs) % every == 0:
                 log_hierarchy(tracker, protos, f"hierarchy/epoch_{epoch:03d}")
@@ -257,6 +269,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             dist.barrier()
         gen = step_generator(cfg.seed, epoch, rank, device)
         avg = MetricAverager()
+        selection = selection_counter(cfg, protos, fine_by_id)
         model.train()
         t2 = time.perf_counter()
         steps = 0
@@ -271,12 +284,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 raise RuntimeError(f"image ids {bad[:5]} were skipped by the E-step's embed stream (undecodable "
                                    "there) but decoded in training: they have no prototype assignment")
             metrics = hcsc_train_step(model, objective, optimizer, views[0], views[1], ids, protos,
-                                      local_views=views[2:], generator=gen, amp_dtype=amp_dtype)
+                                      local_views=views[2:], generator=gen, amp_dtype=amp_dtype,
+                                      selection=selection)
             avg.add(metrics)
             steps += 1
             _maybe_fail(run, epoch, rank, steps)
         train_seconds = time.perf_counter() - t2
         row.update(avg.mean())
+        if selection is not None:
+            row.update(selection_metrics(sum_over_ranks(selection.counts)))
         row["time/train"] = train_seconds
         row["train/steps"] = float(steps)
         row["train/images_per_s"] = steps * cfg.optim.batch_size / max(train_seconds, 1e-9)

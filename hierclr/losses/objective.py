@@ -28,6 +28,10 @@ class HCSCObjective:
 
     Returns ``(loss, metrics)``; metrics are detached scalar tensors keyed ``loss/...`` and
     ``kept_fraction/...`` (convert with ``.item()`` only when logging).
+
+    ``out_masks``: a list that receives the ICSC keep masks this call drew for the global view, one ``(B, Q)``
+    0/1 tensor per level (the very tensors the loss used); left empty when no instance selection ran (warm-up,
+    ``instance_loss`` or ``instance_selection`` off). Passing it changes neither the loss nor the draws.
     """
 
     def __init__(self, cfg: HCSCLossConfig | None = None) -> None:
@@ -46,6 +50,7 @@ class HCSCObjective:
         *,
         local_q: Sequence[Tensor] = (),
         generator: torch.Generator | None = None,
+        out_masks: list[Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         T = cfg.temperature
@@ -59,7 +64,7 @@ class HCSCObjective:
         protos = prototypes if cfg.hierarchical_prototypes else prototypes.truncate(1)
         loss = q.new_zeros(())
         if cfg.instance_loss:
-            inst = self._instance_term(q, k, queue, protos, ids, local_q, generator, metrics)
+            inst = self._instance_term(q, k, queue, protos, ids, local_q, generator, metrics, out_masks)
             metrics["loss/instance"] = inst.detach()
             loss = loss + inst
         if cfg.prototype_loss:
@@ -80,12 +85,14 @@ class HCSCObjective:
         metrics["loss/total"] = loss.detach()
         return loss, metrics
 
-    def _instance_term(self, q, k, queue, protos, ids, local_q, generator, metrics) -> Tensor:
+    def _instance_term(self, q, k, queue, protos, ids, local_q, generator, metrics, out_masks) -> Tensor:
         cfg = self.cfg
         if not cfg.instance_selection:
             return sum((info_nce(v, k, queue, cfg.temperature) for v in (q, *local_q)), q.new_zeros(()))
         kw = {"temperature": cfg.temperature, "negative_drop": cfg.negative_drop, "level_reduction": cfg.instance_level_reduction}
         inst, info = icsc_loss(q, k, queue, protos, ids, generator=generator, **kw)
+        if out_masks is not None:
+            out_masks.extend(info["masks"])
         for level, (l, f) in enumerate(zip(info["level_losses"], info["kept_fraction"])):
             metrics[f"loss/instance_l{level}"] = l
             metrics[f"kept_fraction/instance_l{level}"] = f

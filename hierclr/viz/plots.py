@@ -1,4 +1,5 @@
-"""PNG plots of a run: cluster sizes, learning curves, AMI per label level, sweep results, image grids.
+"""PNG plots of a run: cluster sizes, learning curves, AMI per label level, negative-selection quality, sweep
+results, image grids.
 
 Every function draws on its own :class:`~matplotlib.figure.Figure` with the Agg canvas (no pyplot, no
 global state, safe in Ray workers and threads), writes a PNG to ``path`` (parents created, written to a
@@ -25,13 +26,15 @@ from matplotlib.figure import Figure
 from hierclr.clustering.prototypes import Prototypes
 from hierclr.viz.tree import member_counts
 
-__all__ = ["ami_curves", "cluster_size_histograms", "image_grid", "learning_curves", "metric_vs_params"]
+__all__ = ["ami_curves", "cluster_size_histograms", "image_grid", "learning_curves", "metric_vs_params",
+           "selection_quality_curves"]
 
 PathLike = str | os.PathLike
 _DPI = 100
 _FAILED = ("ERROR", "FAILED")  # trial statuses (Tune's, hierclr sweep's) drawn as failed even with a metric
 _PAIR = re.compile(r"^ami/proto(\d+)_label(\d+)$")
 _LABEL = re.compile(r"^ami/label(\d+)$")
+_SELECTION = re.compile(r"^selection/(precision|recall|kept_true_negatives)_l(\d+)$")
 
 
 # ------------------------------------------------------------------------------------------ prototypes
@@ -117,6 +120,39 @@ def ami_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("prototypes vs label hierarchy (level 0 = finest)", fontsize=10)
+    return _save(fig, path)
+
+
+def selection_quality_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> str:
+    """HCSC Fig. 5 from a run's history: left, ``selection/precision_l{l}`` (solid) and ``selection/recall_l{l}``
+    (dashed) of the dropped false negatives per ICSC level, with ``selection/false_negative_rate`` (grey, dotted:
+    the precision of dropping at random); right, ``selection/kept_true_negatives_l{l}``."""
+    keys = {k for row in history for k in row if _SELECTION.match(k)}
+    series = {k: s for k in sorted(keys, key=lambda k: (int(_SELECTION.match(k).group(2)), k))
+              if (s := _series(history, k))[0]}
+    if not series:
+        return _no_data(path, "negative-selection quality: no selection/* metrics in the history")
+    fig = _figure(10.0, 4.0)
+    dropped, kept = fig.subplots(1, 2)
+    styles = {"precision": "-", "recall": "--"}
+    for k, (x, y) in series.items():
+        name, level = _SELECTION.match(k).groups()
+        ax = kept if name == "kept_true_negatives" else dropped
+        ax.plot(x, y, color=f"C{int(level) % 10}", ls=styles.get(name, "-"), lw=1.6,
+                marker="o" if len(x) <= 30 else None, ms=3, label=f"{name.replace('_', ' ')}, level {level}")
+    x, y = _series(history, "selection/false_negative_rate")
+    if x:
+        dropped.plot(x, y, color="grey", ls=":", lw=1.4, label="false negatives in the queue (baseline)")
+    dropped.set_title("false negatives dropped: precision (solid), recall (dashed)", fontsize=10)
+    kept.set_title("true negatives kept", fontsize=10)
+    for ax in (dropped, kept):
+        ax.set_xlabel("epoch")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle("ICSC negative selection against the labels (HCSC Fig. 5; level 0 = finest prototypes)",
+                 fontsize=11)
     return _save(fig, path)
 
 

@@ -44,6 +44,8 @@ HCSC_EPOCHS = [f"loss/{t}_l{level}" for t in ("instance", "prototype") for level
     [f"cluster/level{level}/{s}" for level in range(3) for s in (
         "size_min", "size_median", "size_max", "empty_clusters", "phi_min", "phi_mean", "phi_max")] + \
     ["loss/prototype"]
+SELECTION = [f"selection/{m}_l{level}" for m in ("precision", "recall", "kept_true_negatives") for level in range(3)] + \
+    ["selection/false_negative_rate"]  # paper Fig. 5: digits has labels
 
 
 def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_path, digits_cache, monkeypatch):
@@ -57,7 +59,7 @@ def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_pat
     assert run.data.params["clustering.sizes"] in ("[16, 8, 4]", "(16, 8, 4)")
     for key in EVERY_EPOCH:
         assert _steps(client, run.info.run_id, key) == [0, 1, 2, 3], key
-    for key in HCSC_EPOCHS:
+    for key in HCSC_EPOCHS + SELECTION:
         assert _steps(client, run.info.run_id, key) == [1, 2, 3], key
     h = result.history
     # the warm-up epoch is plain InfoNCE; afterwards the objective has ICSC (3 levels summed) + PCSC
@@ -65,6 +67,10 @@ def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_pat
     # the loss goes down: the prototype term (the instance terms sit near chance, ln(129), in 33 steps)
     assert h[3]["loss/prototype"] < h[1]["loss/prototype"], [r["loss/prototype"] for r in h]
     assert all(0 < r[f"kept_fraction/instance_l{level}"] <= 1 for r in h[1:] for level in range(3))
+    assert not any(k.startswith("selection/") for k in h[0])  # warm-up: no selection
+    assert all(0.0 <= r[k] <= 1.0 for r in h[1:] for k in SELECTION), [{k: r[k] for k in SELECTION} for r in h[1:]]
+    # 10 balanced digit classes: about a tenth of the queue shares the query's class
+    assert all(0.03 < r["selection/false_negative_rate"] < 0.25 for r in h[1:])
     assert h[1]["cluster/level0/size_max"] >= h[1]["cluster/level0/size_min"]
     assert 0.5 < h[-1]["knn/top1_best"] <= 1.0  # 10 digit classes: chance is 0.1
     assert all(r["lr"] > 0 for r in h) and h[0]["lr"] > h[-1]["lr"]
@@ -112,7 +118,8 @@ def _check_hierarchy_artifacts(client, run_id: str, tmp: Path, *, e_steps: list[
     paths = {f.path for d in ("hierarchy/final", "hierarchy/chains", "plots", f"hierarchy/epoch_{e_steps[0]:03d}")
              for f in client.list_artifacts(run_id, d)}
     assert {"hierarchy/final/tree.json", "hierarchy/final/cluster_sizes.png", "hierarchy/chains/chains.png",
-            "plots/learning_curves.png", "plots/ami.png", f"hierarchy/epoch_{e_steps[0]:03d}/tree.json",
+            "plots/learning_curves.png", "plots/ami.png", "plots/selection_quality.png",
+            f"hierarchy/epoch_{e_steps[0]:03d}/tree.json",
             f"hierarchy/epoch_{e_steps[0]:03d}/cluster_sizes.png"} <= paths, paths
     for png in [p for p in paths if p.endswith(".png")]:
         with Image.open(client.download_artifacts(run_id, png, str(tmp))) as im:

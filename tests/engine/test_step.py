@@ -1,10 +1,13 @@
-"""A tiny MoCo + HCSC run on CPU: the real step (clustering, selection, SGD, queue) lowers the loss."""
+"""A tiny MoCo + HCSC run on CPU: the real step (clustering, selection, SGD, queue) lowers the loss; the step
+counts its ICSC masks against the labels of the queue they were drawn on."""
 import torch
+import torch.nn.functional as F
 
-from hierclr.clustering import hierarchical_kmeans
+from hierclr.clustering import Prototypes, compose_assignments, hierarchical_kmeans
 from hierclr.config import HCSCLossConfig
 from hierclr.engine import embed_features, hcsc_train_step
 from hierclr.engine.local_run import eval_transform, moco_v2_augment, synthetic_images
+from hierclr.eval.selection_quality import COUNT_NAMES, SelectionCounter, selection_counts
 from hierclr.losses import HCSCObjective
 from hierclr.models import MoCo
 
@@ -51,3 +54,40 @@ def test_tiny_hcsc_run_reduces_the_loss():
     # the queue received the last batch's keys and ids
     ptr = int(model.queue_ptr)
     assert torch.equal(model.queue_ids[(ptr - 16) % 64 : (ptr - 16) % 64 + 16], sel)
+
+
+def test_step_counts_selection_against_the_queue_before_its_enqueue():
+    """Masks do not depend on the queries (Eq. 4: queue, prototypes, assignments), so replaying the objective on
+    the same queue snapshots with the same generator gives the step's masks; the counts are theirs, against the
+    queue *before* the step's enqueue (first step: an empty queue, nothing counted)."""
+    torch.manual_seed(0)
+    B, N = 4, 12
+    model = MoCo("resnet10", dim=8, hidden_dim=16, queue_size=2 * B, cifar_stem=True)
+    objective = HCSCObjective(HCSCLossConfig(warmup_epochs=0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    parents = [torch.tensor([0, 1, 0, 1])]
+    protos = Prototypes([F.normalize(torch.randn(m, 8, generator=g), dim=1) for m in (4, 2)], parents,
+                        [torch.full((m,), 0.2) for m in (4, 2)], compose_assignments(torch.arange(N) % 4, parents))
+    labels = torch.tensor([0, 1, 2, -1] * 3)  # every fourth image unlabelled
+    counter = SelectionCounter(labels, num_levels=2)
+    images = torch.randn(N, 3, 16, 16, generator=g)
+    step_gen = torch.Generator().manual_seed(7)
+    snapshots, per_step = [], []
+    for ids in (torch.arange(0, 4), torch.arange(4, 8), torch.arange(8, 12)):
+        snapshots.append((model.queue.clone(), model.queue_ids.clone(), ids))
+        before = counter.counts.clone()
+        hcsc_train_step(model, objective, optimizer, images[ids], images[ids].flip(3), ids, protos,
+                        generator=step_gen, selection=counter)
+        per_step.append(counter.counts - before)
+    assert per_step[0].sum() == 0  # the queue was empty (ids -1) when the first masks were drawn
+    # second step: 4 keys in the queue (ids 0-3, one unlabelled) x 3 labelled queries, at each level
+    assert per_step[1][:, COUNT_NAMES.index("pairs")].tolist() == [9, 9]
+    replay = torch.Generator().manual_seed(7)
+    q = F.normalize(torch.randn(B, 8, generator=g), dim=1)  # any queries: the draws do not depend on them
+    for (queue, queue_ids, ids), got in zip(snapshots, per_step):
+        masks: list = []
+        objective(q, q, queue, protos, ids, generator=replay, out_masks=masks)
+        queue_labels = torch.where(queue_ids >= 0, labels[queue_ids.clamp_min(0)], -1)
+        want = [[int(selection_counts(m, labels[ids], queue_labels)[n]) for n in COUNT_NAMES] for m in masks]
+        assert got.tolist() == want

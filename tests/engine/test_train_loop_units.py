@@ -1,22 +1,26 @@
 """Pure helpers of the Ray Train loop: lr schedule, per-(epoch, rank) generators, objective choice,
-metric averaging and the sharded kNN (single process, no process group)."""
+metric averaging, count summing, the selection counter's switch and the sharded kNN (single process; no process
+group but for one single-rank gloo group)."""
 from __future__ import annotations
 
 import itertools
 import math
+import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from hierclr.clustering import Prototypes, compose_assignments
 from hierclr.engine.config import load_config
-from hierclr.engine.metrics import MetricAverager
+from hierclr.engine.metrics import MetricAverager, sum_over_ranks
 from hierclr.engine.train_loop import (
     build_model,
     build_objective,
     distributed_knn,
     epoch_lr,
+    selection_counter,
     step_generator,
     uses_prototypes,
 )
@@ -124,6 +128,50 @@ def test_metric_averager_detaches():
     avg.add({"loss": w * 5})
     assert not avg.sums["loss"].requires_grad
     assert avg.mean() == {"loss": pytest.approx(8.0)}
+
+
+def test_sum_over_ranks_single_process_is_the_identity():
+    assert not (dist.is_available() and dist.is_initialized())
+    counts = torch.tensor([[3, 1], [0, 2]])
+    assert sum_over_ranks(counts) is counts
+
+
+def test_sum_over_ranks_under_a_gloo_group_reduces_a_copy():
+    """One gloo rank (a spawned pair of ranks costs minutes on the loaded CI machine): the all-reduce runs on int64
+    counts beyond int32 and leaves the caller's tensor alone."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        mine = torch.tensor([[3, 1], [2**40, 0]])
+        total = sum_over_ranks(mine)
+        assert total is not mine and total.dtype == torch.long and total.tolist() == [[3, 1], [2**40, 0]]
+    finally:
+        dist.destroy_process_group()
+    assert not dist.is_initialized()
+
+
+# --------------------------------------------------------------------------------------- selection counter
+def _protos(levels: int) -> Prototypes:
+    sizes = (4, 2, 1)[:levels]
+    parents = [torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0])][: levels - 1]
+    return Prototypes([torch.randn(m, 3) for m in sizes], parents, [torch.full((m,), 0.2) for m in sizes],
+                      compose_assignments(torch.arange(6) % 4, parents))
+
+
+def test_selection_counter_only_where_icsc_draws_masks_and_labels_exist():
+    fine = torch.tensor([0, 1, 0, 1, 2, -1])
+    protos = _protos(3)
+    counter = selection_counter(load_config(None, []), protos, fine)
+    assert counter is not None and counter.counts.shape == (3, 6) and counter.labels_by_id is fine
+    single = selection_counter(load_config(None, ["loss.hierarchical_prototypes=false"]), protos, fine)
+    assert single.counts.shape[0] == 1  # the objective truncates the prototypes to level 0
+    assert selection_counter(load_config(None, []), None, fine) is None  # warm-up
+    assert selection_counter(load_config(None, []), protos, None) is None  # no labels
+    for off in (["eval.selection_quality=false"], ["method=pcl"], ["loss.instance_selection=false"],
+                ["loss.instance_loss=false"]):
+        assert selection_counter(load_config(None, off), protos, fine) is None, off
 
 
 # ------------------------------------------------------------------------------------------------- kNN

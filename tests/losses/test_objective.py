@@ -96,6 +96,40 @@ def test_multicrop_local_views_reuse_instance_masks(batch):
     assert loss.item() == pytest.approx((icsc + pcsc).item(), rel=1e-12)
 
 
+@pytest.mark.parametrize("local", [False, True])
+def test_out_masks_are_the_masks_the_loss_used(batch, local):
+    """The hook changes neither the loss nor the draws, and hands out exactly the ICSC masks of the global view."""
+    b = batch
+    views = [unit(5, 6, seed=40)] if local else []
+    obj = HCSCObjective()
+    plain, m_plain = obj(b["q"], b["k"], b["queue"], b["protos"], b["ids"], local_q=views, generator=G())
+    masks: list = []
+    hooked, m_hooked = obj(b["q"], b["k"], b["queue"], b["protos"], b["ids"], local_q=views, generator=G(),
+                           out_masks=masks)
+    assert hooked.item() == plain.item()  # same draws: bitwise the same loss
+    assert {k: v.item() for k, v in m_hooked.items()} == {k: v.item() for k, v in m_plain.items()}
+    assert len(masks) == 3 and all(m.shape == (5, 9) for m in masks)
+    _, info = icsc_loss(b["q"], b["k"], b["queue"], b["protos"], b["ids"], generator=G())  # the first draws of G()
+    for got, want in zip(masks, info["masks"]):
+        assert torch.equal(got, want)
+    # fed back as fixed masks, they give the objective's instance term
+    inst = icsc_loss(b["q"], b["k"], b["queue"], b["protos"], b["ids"], masks=masks)[0]
+    for v in views:
+        inst = inst + icsc_loss(v, b["k"], b["queue"], b["protos"], b["ids"], masks=masks)[0]
+    assert m_hooked["loss/instance"].item() == pytest.approx(inst.item(), rel=1e-12)
+    assert [m.mean().item() for m in masks] == [m_hooked[f"kept_fraction/instance_l{i}"].item() for i in range(3)]
+
+
+@pytest.mark.parametrize("switches", [{"instance_selection": False}, {"instance_loss": False}])
+def test_out_masks_stay_empty_without_instance_selection(batch, switches):
+    b = batch
+    for protos in (None, b["protos"]):  # warm-up, then an ablation without ICSC masks
+        masks: list = []
+        HCSCObjective(HCSCLossConfig(**switches))(b["q"], b["k"], b["queue"], protos, b["ids"], generator=G(),
+                                                  out_masks=masks)
+        assert masks == []
+
+
 def test_paper_compat_changes_only_the_documented_options(batch):
     b = batch
     paper = HCSCConfig.preset("paper")

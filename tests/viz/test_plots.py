@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,14 @@ import torch
 from PIL import Image
 
 from hierclr.clustering.prototypes import Prototypes, compose_assignments
-from hierclr.viz.plots import ami_curves, cluster_size_histograms, image_grid, learning_curves, metric_vs_params
+from hierclr.viz.plots import (
+    ami_curves,
+    cluster_size_histograms,
+    image_grid,
+    learning_curves,
+    metric_vs_params,
+    selection_quality_curves,
+)
 
 
 def assert_png(path, written) -> None:
@@ -63,6 +71,38 @@ def test_ami_curves(tmp_path):
     assert_png(tmp_path / "ami.png", ami_curves(_history(), tmp_path / "ami.png"))
     assert_png(tmp_path / "none.png", ami_curves([{"epoch": 0, "lr": 0.1}], tmp_path / "none.png"))
     assert_png(tmp_path / "empty.png", ami_curves([], tmp_path / "empty.png"))
+
+
+def test_selection_quality_curves(tmp_path):
+    rows = [{"epoch": e, "lr": 0.1} for e in range(6)]
+    for e, row in enumerate(rows[2:], start=2):  # selection only after warm-up
+        row["selection/false_negative_rate"] = 0.1
+        for level in range(3):
+            row.update({f"selection/precision_l{level}": 0.2 + 0.05 * e, f"selection/recall_l{level}": 0.1 * e,
+                        f"selection/kept_true_negatives_l{level}": 0.95})
+    del rows[3]["selection/precision_l1"]  # omitted: nothing dropped at that level in that epoch
+    assert_png(tmp_path / "sel.png", selection_quality_curves(rows, tmp_path / "sel.png"))
+    assert_png(tmp_path / "none.png", selection_quality_curves([{"epoch": 0}], tmp_path / "none.png"))
+    assert_png(tmp_path / "empty.png", selection_quality_curves([], tmp_path / "empty.png"))
+
+
+def test_log_curves_adds_the_selection_plot_only_with_selection_metrics(tmp_path):
+    from hierclr.engine.run_artifacts import log_curves
+
+    class Tracker:  # what log_curves needs of hierclr.engine.tracking.Tracker
+        enabled = True
+
+        def __init__(self):
+            self.logged: list[str] = []
+
+        def log_artifact(self, local, folder):
+            self.logged += [f"{folder}/{p.name}" for p in sorted(Path(local).iterdir())]
+
+    plain, with_sel = Tracker(), Tracker()
+    log_curves(plain, [{"epoch": 0, "loss/total": 1.0}])
+    log_curves(with_sel, [{"epoch": 0, "loss/total": 1.0}, {"epoch": 1, "selection/precision_l0": 0.3}])
+    assert plain.logged == ["plots/learning_curves.png"]
+    assert with_sel.logged == ["plots/learning_curves.png", "plots/selection_quality.png"]
 
 
 def _trials():
