@@ -8,6 +8,7 @@
     hierclr kmeans FEATURES.npy ...   hierarchical K-means of a feature file into Prototypes
     hierclr prepare-data SRC OUT ...  ImageFolder tree / CIFAR archive -> parquet shards + manifest (on Ray)
     hierclr inspect-data URI          list a dataset (parquet / webdataset / imagefolder) and decode a sample
+    hierclr export SOURCE OUT         a trained trunk -> torchvision ResNet state dict (+ OUT.json: arch, how to load)
     hierclr version
 """
 from __future__ import annotations
@@ -196,6 +197,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 3 if result.interrupted else 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hierclr.export import export_backbone
+
+    try:
+        result = export_backbone(args.source, args.out, num_classes=args.num_classes,
+                                 classifier=args.classifier, tracking_uri=args.tracking_uri)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
+    print(json.dumps({"out": result.path, "sidecar": result.sidecar, "arch": result.arch,
+                      "cifar_stem": result.cifar_stem, "feature_dim": result.feature_dim,
+                      "num_classes": result.num_classes, "fc": result.fc, "kind": result.kind,
+                      "origin": result.origin, "load": result.load}, indent=2))
+    # the human-readable part on stderr: stdout stays one JSON document
+    if result.cifar_stem or result.arch in (None, "resnet10"):
+        why = "a CIFAR stem (3x3 conv1, no max-pool)" if result.cifar_stem else f"{result.arch or 'this layout'}"
+        print(f"hierclr export: no torchvision constructor builds {why} as is; load it like this:", file=sys.stderr)
+    else:
+        print("hierclr export: load it without hierclr like this:", file=sys.stderr)
+    print(result.load, file=sys.stderr)
+    return 0
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     import hierclr
 
@@ -320,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--sample", type=int, default=3)
     ins.add_argument("--num-cpus", dest="num_cpus", type=int, default=None)
     ins.set_defaults(func=_cmd_inspect_data)
+
+    exp = sub.add_parser("export", help="write a trained trunk as a plain torchvision ResNet state dict")
+    exp.add_argument("source", help="hierclr checkpoint / run dir / best_encoder.pt / best_model.pt, torchvision or "
+                                    "official MoCo-style state dict, mlflow:<run_id>[/<model>], runs:/<run_id>/<model>"
+                                    " or models:/<model_id>")
+    exp.add_argument("out", help="output file (e.g. resnet50.pth); OUT.json records the architecture and provenance")
+    exp.add_argument("--num-classes", dest="num_classes", type=int, default=None,
+                     help="rows of fc (default: the source's classifier, else 1000); fc is the source's classifier "
+                          "when it has one of this size, else zeros")
+    exp.add_argument("--no-classifier", dest="classifier", action="store_false",
+                     help="zero fc even when the source has a classifier")
+    exp.add_argument("--tracking-uri", dest="tracking_uri", default=None,
+                     help="MLflow store of an mlflow:/runs:/models: source (default: $MLFLOW_TRACKING_URI, else "
+                          "sqlite:///mlflow.db)")
+    exp.set_defaults(func=_cmd_export)
 
     ver = sub.add_parser("version", help="print the hierclr version")
     ver.set_defaults(func=_cmd_version)

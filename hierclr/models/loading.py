@@ -1,13 +1,21 @@
 """Load a ResNet trunk (and optionally a MoCo projection head) from the checkpoint kinds users have.
 
-Four sources load into the same :func:`hierclr.models.backbones.build_backbone` trunk:
+Five sources load into the same :func:`hierclr.models.backbones.build_backbone` trunk:
 
 * a hierclr pretraining checkpoint directory (``model.pt``: MoCo state, ``encoder_q.backbone.*``), a hierclr
   run directory (its newest complete checkpoint) or a run's ``best_encoder.pt`` (``{"encoder_q": ...}``);
-* a hierclr supervised checkpoint (``model.pt`` with ``backbone.*``);
+* a hierclr supervised checkpoint (``model.pt`` with ``backbone.*``, ``head.*``, ``classifier.*``) or a
+  supervised run's ``best_model.pt`` (``{"model": ...}``);
 * a torchvision ResNet state dict (``conv1.weight`` ... ``fc.weight``; the 1000-way ``fc`` is dropped);
 * an official HCSC / PCL / MoCo checkpoint (``{"state_dict": {"module.encoder_q.conv1.weight", ...,
-  "module.encoder_q.fc.0.weight", ...}}``): the trunk from ``encoder_q``, its ``fc`` MLP is the head.
+  "module.encoder_q.fc.0.weight", ...}}``): the trunk from ``encoder_q``, its ``fc`` MLP is the head;
+* an MLflow run of hierclr: ``mlflow:<run_id>`` (its ``encoder_best`` model, else ``encoder_last``),
+  ``mlflow:<run_id>/<model name>``, ``runs:/<run_id>/<model name>`` or a logged model's ``models:/<model_id>``.
+  The encoders :meth:`hierclr.engine.tracking.Tracker.log_encoder` logs are the bare trunk, so the loaded
+  model's ``state_dict()`` has torchvision names (kind ``mlflow-model``). A run without a loadable model falls
+  back to the checkpoints of its ``hierclr.run_dir`` tag (``best_encoder.pt`` / ``best_model.pt`` for the best
+  encoder, else the newest checkpoint). The store is ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
+  ``sqlite:///mlflow.db`` in the working directory.
 
 The trunk is loaded strictly: a missing or unexpected key raises :class:`CheckpointMismatchError` naming
 them (the usual cause is a backbone / stem mismatch, e.g. ``resnet18`` weights into ``resnet50``).
@@ -15,10 +23,21 @@ them (the usual cause is a backbone / stem mismatch, e.g. ``resnet18`` weights i
 from __future__ import annotations
 
 import io
+import logging
+import os
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+MLFLOW_PREFIXES = ("mlflow:", "runs:/", "models:/")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RUN_DIR_TAG = "hierclr.run_dir"
+_MODEL_NAMES = ("encoder_best", "encoder_last")  # tried in this order for `mlflow:<run_id>`
 
 
 class CheckpointMismatchError(ValueError):
@@ -35,9 +54,38 @@ def _torch_load(data: bytes, where: str) -> dict:
     return obj
 
 
-def read_weights(source: str | Path) -> dict[str, torch.Tensor]:
-    """The flat state dict behind ``source`` (file or hierclr checkpoint / run directory)."""
+class SourceWeights(NamedTuple):
+    """What :func:`read_source` found: the detected ``kind``, the trunk state (torchvision names, no ``fc``),
+    the projection head state (may be empty), the whole flat state dict, and ``origin``: what was read (the
+    file or checkpoint directory, or for MLflow sources the ``models:/`` URI or the run's checkpoint)."""
+
+    kind: str
+    trunk: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]
+    origin: str
+
+
+def is_mlflow_source(source: str | Path) -> bool:
+    return isinstance(source, str) and source.startswith(MLFLOW_PREFIXES)
+
+
+def read_source(source: str | Path, *, tracking_uri: str | None = None) -> SourceWeights:
+    """Read ``source`` (any kind this module loads) and split it into trunk and head."""
+    if is_mlflow_source(source):
+        state, origin, from_model = read_mlflow_weights(str(source), tracking_uri=tracking_uri)
+    else:
+        state, origin, from_model = read_weights(source), str(source), False
+    kind, trunk, head = split_trunk_head(state)
+    return SourceWeights("mlflow-model" if from_model else kind, trunk, head, state, origin)
+
+
+def read_weights(source: str | Path, *, tracking_uri: str | None = None) -> dict[str, torch.Tensor]:
+    """The flat state dict behind ``source`` (file, hierclr checkpoint / run directory, or MLflow source)."""
     from hierclr.data.fs import resolve
+
+    if is_mlflow_source(source):
+        return read_mlflow_weights(str(source), tracking_uri=tracking_uri)[0]
     from hierclr.engine.checkpoint import latest_checkpoint
 
     text = str(source)
@@ -55,6 +103,8 @@ def _flatten(obj: dict) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if "encoder_q" in obj and isinstance(obj["encoder_q"], dict):  # hierclr best_encoder.pt
         obj = {f"encoder_q.{k}": v for k, v in obj["encoder_q"].items()}
+    if "model" in obj and isinstance(obj["model"], dict):  # hierclr supervised best_model.pt
+        obj = obj["model"]
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
@@ -82,7 +132,7 @@ def split_trunk_head(sd: dict[str, torch.Tensor]) -> tuple[str, dict, dict]:
         "hierclr checkpoint, or an official MoCo-style checkpoint (module.encoder_q.*)")
 
 
-def _strict_load(module: nn.Module, state: dict, what: str, source: str) -> None:
+def _strict_load(module: nn.Module, state: dict, what: str, source: str, *, assign: bool = False) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -97,17 +147,143 @@ def _strict_load(module: nn.Module, state: dict, what: str, source: str) -> None
             parts.append("shape mismatch " + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                                                        for k in shape[:4]))
         raise CheckpointMismatchError(f"{source}: the {what} does not fit: " + "; ".join(parts))
-    module.load_state_dict(state)
+    module.load_state_dict(state, assign=assign)
 
 
-def load_backbone(backbone: nn.Module, source: str | Path, *, head: nn.Module | None = None) -> str:
+def load_backbone(backbone: nn.Module, source: str | Path, *, head: nn.Module | None = None,
+                  tracking_uri: str | None = None) -> str:
     """Load ``source``'s trunk into ``backbone`` (strict) and, with ``head``, its projection head.
     Returns the detected kind (``hierclr-pretrain``, ``hierclr-supervised``, ``torchvision``,
-    ``official-moco``)."""
-    kind, trunk, head_state = split_trunk_head(read_weights(source))
+    ``official-moco``, ``mlflow-model``). ``tracking_uri``: the MLflow store of an MLflow source."""
+    kind, trunk, head_state, _, _ = read_source(source, tracking_uri=tracking_uri)
     _strict_load(backbone, trunk, "trunk", str(source))
     if head is not None:
         if not head_state:
             raise CheckpointMismatchError(f"{source}: a {kind} checkpoint has no projection head to load")
         _strict_load(head, head_state, "projection head", str(source))
     return kind
+
+
+# ----------------------------------------------------------------------------------------------- MLflow
+def parse_mlflow_source(source: str) -> tuple[str, str | None]:
+    """``mlflow:<run_id>[/<name>]`` / ``runs:/<run_id>/<name>`` -> ``(run_id, name or None)``."""
+    text = source.removeprefix("mlflow:") if source.startswith("mlflow:") else source.removeprefix("runs:/")
+    run_id, _, name = text.strip("/").partition("/")
+    if not re.fullmatch(r"[0-9A-Za-z_\-]+", run_id) or (name and not re.fullmatch(r"[\w.\-]+", name)):
+        raise ValueError(f"{source}: expected mlflow:<run_id>, mlflow:<run_id>/<model name> or "
+                         "runs:/<run_id>/<model name>")
+    return run_id, name or None
+
+
+def tracking_store(tracking_uri: str | None = None) -> str:
+    """The MLflow store to read: ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``;
+    a relative local store made absolute. A sqlite file that does not exist raises (MLflow would create an
+    empty one)."""
+    from hierclr.engine.tracking import resolved_uri
+
+    uri = resolved_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):].partition("?")[0]
+        if path not in ("", ":memory:") and not Path(path).is_file():
+            raise ValueError(f"no MLflow store at {uri}: the database file does not exist (pass the tracking "
+                             "URI: tracking_uri= / --tracking-uri, or set MLFLOW_TRACKING_URI)")
+    return uri
+
+
+def read_mlflow_weights(source: str, *, tracking_uri: str | None = None) -> tuple[dict[str, torch.Tensor], str, bool]:
+    """``(flat state dict, origin, from_model)`` for an MLflow source: the logged model's ``state_dict()``
+    (``from_model`` True), else the checkpoint of the run's ``hierclr.run_dir`` tag. Raises ValueError
+    naming the run and the store when the run does not exist or has neither."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from hierclr.engine.tracking import _RUN_HTTP, _http_settings
+
+    uri = tracking_store(tracking_uri)
+    if source.startswith("models:/"):
+        return _load_logged_model(source, uri), source, True
+    run_id, name = parse_mlflow_source(source)
+    names = (name,) if name else _MODEL_NAMES
+    client = MlflowClient(tracking_uri=uri)
+    with _http_settings(_RUN_HTTP, override=False):
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise ValueError(f"MLflow run {run_id} not found in the tracking store {uri}") from None
+            raise ValueError(f"MLflow run {run_id} at {uri}: {err.message}") from None
+        models = _run_models(client, run)
+    problems = []
+    for n in names:
+        model = models.get(n)
+        if model is None:
+            continue
+        model_uri = f"models:/{model.model_id}"
+        try:
+            return _load_logged_model(model_uri, uri), model_uri, True
+        except Exception as err:  # noqa: BLE001  any load failure: fall back to the run's checkpoints
+            problems.append(f"{n} ({model_uri}) does not load: {' '.join(str(err).split())[:300]}")
+            log.warning("MLflow run %s: %s", run_id, problems[-1])
+    run_dir = run.data.tags.get(RUN_DIR_TAG)
+    if run_dir:
+        found = _run_dir_weights(run_dir, names)
+        if found is not None:
+            log.info("MLflow run %s: no loadable %s model; read %s (its %s tag)", run_id, "/".join(names),
+                     found[1], RUN_DIR_TAG)
+            return found[0], found[1], False
+        problems.append(f"its {RUN_DIR_TAG} {run_dir} holds no checkpoint")
+    have = ", ".join(sorted(models)) or "none"
+    raise ValueError(f"MLflow run {run_id} in the tracking store {uri} has no encoder model "
+                     f"{' / '.join(names)} (logged models: {have})" + (f"; {'; '.join(problems)}" if problems else "")
+                     + ("" if run_dir else f"; and no {RUN_DIR_TAG} tag to fall back to its checkpoints"))
+
+
+def _run_models(client, run) -> dict:
+    """The newest READY logged model of each name whose source run is ``run``."""
+    from mlflow.entities import LoggedModelStatus
+
+    found, token = {}, None
+    while True:
+        page = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'",
+            order_by=[{"field_name": "creation_time", "ascending": False}], page_token=token)
+        for m in page:
+            if m.status == LoggedModelStatus.READY:
+                found.setdefault(m.name, m)
+        token = page.token
+        if not token:
+            return found
+
+
+def _load_logged_model(model_uri: str, uri: str) -> dict[str, torch.Tensor]:
+    import mlflow.pytorch
+
+    from hierclr.engine.tracking import _global_tracking_uri
+
+    with _global_tracking_uri(uri):
+        try:
+            module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        except Exception as err:
+            if model_uri.startswith("models:/") and "RESOURCE_DOES_NOT_EXIST" in str(err):
+                raise ValueError(f"MLflow model {model_uri} not found in the tracking store {uri}") from None
+            raise
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"MLflow model {model_uri} is a {type(module).__name__}, not a torch module")  # noqa: TRY004
+    return {k: v.detach().cpu() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def _run_dir_weights(run_dir: str, names: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], str] | None:
+    from hierclr.data.fs import resolve
+
+    loc = resolve(run_dir)
+    candidates = []
+    if "encoder_best" in names:
+        candidates += [loc.join("best_encoder.pt"), loc.join("best_model.pt")]
+    for c in candidates:
+        if c.is_file():
+            return _flatten(_torch_load(c.read_bytes(), c.uri)), c.uri
+    try:
+        return read_weights(run_dir), run_dir
+    except (ValueError, FileNotFoundError) as err:
+        log.warning("MLflow fallback to %s failed: %s", run_dir, err)
+        return None
