@@ -130,10 +130,12 @@ def _source_context(source: str) -> tuple[str | None, object | None]:
     """(MLflow run id recorded with a hierclr checkpoint, its prototypes) for nesting and Table 11."""
     from hierclr.data.fs import resolve
     from hierclr.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from hierclr.models.loading import is_mlflow_source, parse_mlflow_source
 
-    if source.startswith(("mlflow:", "runs:/")):
-        rid = source.split(":", 1)[1].lstrip("/").split("/")[0]
-        return rid, None
+    if source.startswith("models:/"):
+        return None, None
+    if is_mlflow_source(source):
+        return parse_mlflow_source(source)[0], None
     if not resolve(source).is_dir():
         return None, None
     try:
@@ -205,13 +207,14 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     from hierclr.atomic import write_atomic
     from hierclr.data import open_source
     from hierclr.engine.config import flatten
-    from hierclr.engine.tracking import Tracker
+    from hierclr.engine.tracking import Tracker, resolved_uri
     from hierclr.eval.protocols import clustering_protocol, hierarchy_protocol, knn_protocol
     from hierclr.models.backbones import build_backbone
     from hierclr.models.loading import load_backbone
 
     trunk, feature_dim = build_backbone(cfg.model.backbone, cifar_stem=cfg.model.cifar_stem)
-    kind = load_backbone(trunk, cfg.source)  # fails here, before Ray, on a wrong checkpoint
+    # fails here, before Ray, on a wrong checkpoint; an mlflow:<run id> source is read from tracking.uri
+    kind = load_backbone(trunk, cfg.source, tracking_uri=resolved_uri(cfg.tracking))
     weights = {k: v.detach().cpu() for k, v in trunk.state_dict().items()}
     parent, prototypes = _source_context(cfg.source)
     start_ray(cfg)

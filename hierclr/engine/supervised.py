@@ -179,8 +179,9 @@ def _subset_ids(cfg: SupervisedConfig, train_src) -> np.ndarray:
 def _check_init(cfg: SupervisedConfig, level_map: np.ndarray) -> None:
     """Load ``model.init`` once on the driver, so a wrong file fails before any worker starts."""
     from hierclr.engine.supervised_loop import init_weights
+    from hierclr.engine.tracking import resolved_uri
 
-    init_weights(build_network(cfg, level_map), cfg)
+    init_weights(build_network(cfg, level_map), cfg, resolved_uri(cfg.tracking))
 
 
 def _log_final_artifacts(tracker, cfg: SupervisedConfig, state, run_dir: str, level_map: np.ndarray) -> None:

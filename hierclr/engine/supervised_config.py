@@ -41,7 +41,8 @@ class SupervisedModelSection(_Section):
     backbone: Literal["resnet10", "resnet18", "resnet50"] = "resnet18"
     cifar_stem: bool = False
     init: str | None = Field(None, description="trunk weights: torchvision state dict, hierclr checkpoint/run dir, "
-                                               "or official MoCo-style checkpoint; null: random")
+                                               "official MoCo-style checkpoint, or mlflow:<run id>[/<model>] "
+                                               "(read from tracking.uri); null: random")
     init_head: bool = Field(False, description="also take the projection head from a hierclr pretraining "
                                                "checkpoint (its MoCo head: needs matching dim / hidden_dim)")
     dim: int = Field(128, ge=1, description="projection (embedding) dimension of the contrastive losses")

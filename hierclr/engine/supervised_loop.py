@@ -71,8 +71,9 @@ def build_network(cfg: SupervisedConfig, level_map: np.ndarray) -> nn.Module:
     return net
 
 
-def init_weights(net: nn.Module, cfg: SupervisedConfig) -> str | None:
-    """``model.init`` into the trunk (and with ``model.init_head`` the projection); returns the detected kind."""
+def init_weights(net: nn.Module, cfg: SupervisedConfig, tracking_uri: str | None = None) -> str | None:
+    """``model.init`` into the trunk (and with ``model.init_head`` the projection); returns the detected kind.
+    ``tracking_uri``: the MLflow store an ``mlflow:<run id>`` source is read from (the run's own store)."""
     from hierclr.models.loading import load_backbone
 
     if not cfg.model.init:
@@ -80,7 +81,7 @@ def init_weights(net: nn.Module, cfg: SupervisedConfig) -> str | None:
     head = None
     if cfg.model.init_head:
         head = net.head.projection if cfg.task == "hcal" else net.head
-    return load_backbone(net.backbone, cfg.model.init, head=head)
+    return load_backbone(net.backbone, cfg.model.init, head=head, tracking_uri=tracking_uri)
 
 
 def param_groups(net: nn.Module, cfg: SupervisedConfig) -> list[dict]:
@@ -207,7 +208,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if state.rng is not None:
             set_rng_state(state.rng)
     else:
-        init_weights(core, cfg)
+        init_weights(core, cfg, run.tracking_uri)
     if cfg.optim.channels_last and cuda:
         core = core.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(core, parallel_strategy_kwargs={"find_unused_parameters": False})
