@@ -79,7 +79,8 @@ class EvaluateConfig(_Section):
     semi: SemiProtocol = SemiProtocol(config="imagenet-r50-semi")
     resources: ResourcesSection = ResourcesSection()
     tracking: TrackingSection = TrackingSection()
-    output_dir: str = Field("./hierclr_eval", description="results.json, plots, features, protocol runs")
+    output_dir: str = Field("./hierclr_eval", description="results.json, plots, features, protocol runs (a local "
+                                                          "or shared path: the feature workers write here)")
     plot: Literal["tsne", "none"] = "tsne"
     plot_points: int = Field(5000, ge=10)
 

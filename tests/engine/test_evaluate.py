@@ -30,10 +30,11 @@ def _pretrain_checkpoint(tmp: Path, tracking_uri: str) -> tuple[Path, str, MoCo]
     protos = hierarchical_kmeans(np.random.default_rng(0).normal(size=(359, 8)).astype(np.float32), (12, 4),
                                  nredo=1, seed=0)
     ckpt = tmp / "pretrain-run" / "checkpoint_000000"
+    run_id = tracker.run_id
     save_checkpoint(ckpt, TrainingState(epoch=0, model=moco.state_dict(), optimizer={}, prototypes=protos,
-                                        mlflow_run_id=tracker.run_id))
+                                        mlflow_run_id=run_id))
     tracker.finish("FINISHED")
-    return ckpt.parent, tracker.run_id, moco
+    return ckpt.parent, run_id, moco
 
 
 def test_evaluate_every_protocol_nested_under_the_pretraining_run(ray_session, tmp_path, digits_cache):
