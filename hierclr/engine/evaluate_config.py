@@ -20,6 +20,7 @@ from hierclr.engine.config import (
     _read_yaml,
     _Section,
     apply_override,
+    list_presets,
 )
 
 EVALUATE_PRESET_DIR = PRESET_DIR / "evaluate"
@@ -99,7 +100,7 @@ class EvaluateConfig(_Section):
 
 
 def list_evaluate_presets() -> list[str]:
-    return sorted(p.stem for p in EVALUATE_PRESET_DIR.glob("*.yaml"))
+    return list_presets(EVALUATE_PRESET_DIR)
 
 
 def load_evaluate_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()

@@ -24,6 +24,7 @@ from hierclr.engine.config import (
     _read_yaml,
     _Section,
     apply_override,
+    list_presets,
 )
 
 SUPERVISED_PRESET_DIR = PRESET_DIR / "supervised"
@@ -206,7 +207,7 @@ class SupervisedConfig(_Section):
 
 
 def list_supervised_presets() -> list[str]:
-    return sorted(p.stem for p in SUPERVISED_PRESET_DIR.glob("*.yaml"))
+    return list_presets(SUPERVISED_PRESET_DIR)
 
 
 def supervised_tree(source: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -24,12 +23,19 @@ from torch import nn
 from hierclr.data.fs import resolve
 from hierclr.data.streams import finish_views
 from hierclr.data.transforms import MultiViewAugment
-from hierclr.engine.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hierclr.engine.checkpoint import TrainingState, set_rng_state
 from hierclr.engine.metrics import MetricAverager
 from hierclr.engine.run_artifacts import log_curves
 from hierclr.engine.supervised_config import SupervisedConfig
 from hierclr.engine.supervised_step import finetune_loss, hcal_step_loss, predict
-from hierclr.engine.train_loop import eval_batches, gather_objects, step_generator
+from hierclr.engine.train_loop import (
+    eval_batches,
+    gather_objects,
+    report_epoch,
+    restore_state,
+    step_generator,
+    stopped_by_sweep,
+)
 from hierclr.eval.hierarchical import hierarchy_metrics, parent_tables
 from hierclr.models.classifiers import HCALNet, SupervisedNet
 
@@ -200,7 +206,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     torch.manual_seed(cfg.seed)
     core = build_network(cfg, level_map_np)
-    state = _restore_state(run)
+    state = restore_state(run)
     start_epoch, history, best = 0, [], None
     if state is not None:
         core.load_state_dict(state.model)
@@ -310,40 +316,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
         report = {k: float(v) for k, v in row.items()}
         state_fn = functools.partial(TrainingState, epoch=epoch, optimizer=optimizer.state_dict(), history=history,
                                      best=best, mlflow_run_id=run.mlflow_run_id, config=cfg.to_yaml())
-        _report(report, epoch, core, state_fn if (want_ckpt and rank == 0) else None)
+        report_epoch(report, epoch, core, state_fn if (want_ckpt and rank == 0) else None)
         if tracker is not None:
             tracker.log_metrics(epoch, report)
             log_curves(tracker, history)
         if rank == 0:
             print(epoch_line(row, cfg), flush=True)
-        if run.stop_board and epoch < last:
-            from hierclr.engine.early_stop import await_decision
-
-            stop = await_decision(run.stop_board, run.stop_key, epoch + 1) if rank == 0 else False
-            if gather_objects(stop)[0]:
-                if not want_ckpt:
-                    _report(report, epoch, core, state_fn if rank == 0 else None)
-                if rank == 0:
-                    print(f"hierclr | stopped early by the sweep's scheduler after epoch {epoch}", flush=True)
-                break
+        if epoch < last and stopped_by_sweep(run, epoch, rank):
+            if not want_ckpt:  # end like a finished run: this epoch's state is the last checkpoint
+                report_epoch(report, epoch, core, state_fn if rank == 0 else None)
+            break
 
 
 def _save_best(run_dir: str, core: nn.Module, best: dict) -> None:
     buf = io.BytesIO()
     torch.save({**best, "model": {k: v.cpu() for k, v in core.state_dict().items()}}, buf)
     resolve(run_dir).join("best_model.pt").write_bytes_atomic(buf.getvalue())
-
-
-def _report(report: dict[str, float], epoch: int, core: nn.Module, state) -> None:
-    import ray.train
-
-    metrics = {**report, "epochs_done": epoch + 1}
-    if state is None:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory(prefix="hierclr-ckpt-") as tmp:
-        save_checkpoint(tmp, state(model={k: v.cpu() for k, v in core.state_dict().items()}, rng=rng_state()))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def epoch_line(row: dict[str, float], cfg: SupervisedConfig) -> str:
@@ -355,15 +343,3 @@ def epoch_line(row: dict[str, float], cfg: SupervisedConfig) -> str:
     if "val/hvr" in row:
         parts.append(f"HVR {row['val/hvr']:.4f}")
     return "hierclr | " + " | ".join(parts)
-
-
-def _restore_state(run: SupervisedRunContext) -> TrainingState | None:
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            return load_checkpoint(d)
-    if run.resume_from:
-        return load_checkpoint(run.resume_from)
-    return None

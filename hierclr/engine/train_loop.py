@@ -180,7 +180,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # ---- model, optimizer, state
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     core = build_model(cfg)
-    state = _restore_state(run)
+    state = restore_state(run)
     start_epoch, history, best, protos = 0, [], None, None
     if state is not None:
         core.load_state_dict(state.model)
@@ -321,25 +321,33 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         state = functools.partial(TrainingState, epoch=epoch, optimizer=optimizer.state_dict(), history=history,
                                   best=best, mlflow_run_id=run.mlflow_run_id, config=cfg.to_yaml())
-        _report(report, epoch, core, protos, state if (want_ckpt and rank == 0) else None)
+        report_epoch(report, epoch, core, state if (want_ckpt and rank == 0) else None, protos)
         if tracker is not None:
             tracker.log_metrics(epoch, report)
             log_curves(tracker, history)
         if rank == 0:
             print(epoch_line(row, cfg.optim.epochs), flush=True)
-        if run.stop_board and epoch < last:  # a sweep trial: did the scheduler stop it here?
-            from hierclr.engine.early_stop import await_decision
-
-            stop = await_decision(run.stop_board, run.stop_key, epoch + 1) if rank == 0 else False
-            if gather_objects(stop)[0]:
-                if not want_ckpt:  # end like a finished run: this epoch's state is the last checkpoint
-                    _report(report, epoch, core, protos, state if rank == 0 else None)
-                if rank == 0:
-                    print(f"hierclr | stopped early by the sweep's scheduler after epoch {epoch}", flush=True)
-                break
+        if epoch < last and stopped_by_sweep(run, epoch, rank):
+            if not want_ckpt:  # end like a finished run: this epoch's state is the last checkpoint
+                report_epoch(report, epoch, core, state if rank == 0 else None, protos)
+            break
 
 
-def _report(report: dict[str, float], epoch: int, core: MoCo, protos, state) -> None:
+def stopped_by_sweep(run, epoch: int, rank: int) -> bool:
+    """A sweep trial (``run.stop_board`` set): did the scheduler stop it after ``epoch``? Rank 0 asks the board,
+    every rank gets its answer (a collective: every rank calls it)."""
+    if not run.stop_board:
+        return False
+    from hierclr.engine.early_stop import await_decision
+
+    stop = await_decision(run.stop_board, run.stop_key, epoch + 1) if rank == 0 else False
+    stop = bool(gather_objects(stop)[0])
+    if stop and rank == 0:
+        print(f"hierclr | stopped early by the sweep's scheduler after epoch {epoch}", flush=True)
+    return stop
+
+
+def report_epoch(report: dict[str, float], epoch: int, core: torch.nn.Module, state, protos=None) -> None:
     """``ray.train.report`` of one epoch (a barrier: every rank calls it); with ``state`` (rank 0: a partial
     :class:`TrainingState` lacking weights, prototypes and RNG, taken here) also a checkpoint. ``epochs_done`` is the
     clock Tune's schedulers count in."""
@@ -366,8 +374,9 @@ def epoch_line(row: dict[str, float], epochs: int) -> str:
     return "hierclr | " + " | ".join(parts)
 
 
-def _restore_state(run: RunContext) -> TrainingState | None:
-    """Ray's checkpoint after a worker-group restart (or a driver restore), else ``--resume PATH``."""
+def restore_state(run) -> TrainingState | None:
+    """Ray's checkpoint after a worker-group restart (or a driver restore), else ``--resume PATH``
+    (``run.resume_from``)."""
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
