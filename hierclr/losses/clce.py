@@ -36,21 +36,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hierclr.losses.label_pairs import (
+    anchor_log_ratio_loss,
     check_embeddings_and_labels,
     full_precision,
-    masked_logsumexp,
+    log_hard_negative_weights,
     no_autocast,
     same_label_masks,
 )
 
 LaclnForm = Literal["inside", "outside"]
 LACLN_FORMS = ("inside", "outside")
-
-
-def _log_hard_negative_weights(s: Tensor, neg: Tensor) -> Tensor:
-    """``log beta_ik = log|N_i| + s_ik - LSE_{k' in N_i}(s_ik')`` on negatives (other entries: junk)."""
-    n_neg = neg.sum(dim=1, keepdim=True).clamp_min(1).to(s.dtype)
-    return torch.log(n_neg) + s - masked_logsumexp(s, neg)[:, None]
 
 
 def hard_negative_weights(z: Tensor, labels: Tensor, *, temperature: float = 0.5) -> Tensor:
@@ -65,7 +60,7 @@ def hard_negative_weights(z: Tensor, labels: Tensor, *, temperature: float = 0.5
         z32 = full_precision(z)
         s = z32 @ z32.T / temperature
         _, neg = same_label_masks(labels)
-        beta = torch.exp(_log_hard_negative_weights(s, neg))
+        beta = torch.exp(log_hard_negative_weights(s, neg))
         return torch.where(neg, beta, torch.zeros_like(beta))
 
 
@@ -89,29 +84,12 @@ def lacln_loss(
     Returns:
         The scalar loss, or ``(loss, parts)`` with ``return_parts=True``.
     """
-    check_embeddings_and_labels(z, labels, "lacln_loss")
-    if temperature <= 0:
-        raise ValueError(f"lacln_loss: temperature must be > 0, got {temperature}")
     if form not in LACLN_FORMS:
         raise ValueError(f"lacln_loss: form must be one of {LACLN_FORMS}, got {form!r}")
-    with no_autocast(z):
-        z32 = full_precision(z)
-        s = z32 @ z32.T / temperature
-        pos, neg = same_label_masks(labels)
-        # log of each denominator term: s_ip on positives, log(beta_ik) + s_ik on negatives
-        log_terms = torch.where(neg, _log_hard_negative_weights(s, neg) + s, s)
-        log_denominator = masked_logsumexp(log_terms, pos | neg)
-        n_pos = pos.sum(dim=1)
-        has_pos = n_pos > 0
-        if form == "inside":
-            log_mean_pos = masked_logsumexp(s, pos) - torch.log(n_pos.clamp_min(1).to(s.dtype))
-        else:
-            log_mean_pos = torch.where(pos, s, torch.zeros_like(s)).sum(dim=1) / n_pos.clamp_min(1)
-        per_anchor = torch.where(has_pos, log_denominator - log_mean_pos, torch.zeros_like(log_mean_pos))
-        loss = per_anchor.sum() / has_pos.sum().clamp_min(1)
+    loss, skipped = anchor_log_ratio_loss(z, labels, temperature, form=form, hard_negatives=True, name="lacln_loss")
     if not return_parts:
         return loss
-    return loss, {"anchors_skipped": (~has_pos).sum().detach()}
+    return loss, {"anchors_skipped": skipped}
 
 
 def clce_loss(

@@ -1,4 +1,5 @@
-"""Same-label pair masks and a masked log-sum-exp: what SupCon and LACLN (CLCE) share.
+"""What SupCon and LACLN (CLCE) share: same-label pair masks, a masked log-sum-exp, and the per-anchor
+log-ratio loss both are forms of (:func:`anchor_log_ratio_loss`).
 
 Every row of a batch is an anchor; its positives are the *other* rows with its label, its negatives
 the rows with another label. ``masked_logsumexp`` reduces over such a set in log space, with an
@@ -55,3 +56,38 @@ def masked_logsumexp(x: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     s = torch.exp(x - m).sum(dim=dim)
     empty = (~mask.any(dim=dim)).to(s.dtype)
     return torch.log(s + empty) + m.squeeze(dim)
+
+
+def log_hard_negative_weights(s: Tensor, neg: Tensor) -> Tensor:
+    """CLCE Eq. 3's ``log beta_ik = log|N_i| + s_ik - LSE_{k' in N_i}(s_ik')`` on negatives (other entries: junk)."""
+    n_neg = neg.sum(dim=1, keepdim=True).clamp_min(1).to(s.dtype)
+    return torch.log(n_neg) + s - masked_logsumexp(s, neg)[:, None]
+
+
+def anchor_log_ratio_loss(z: Tensor, labels: Tensor, temperature: float, *, form: str, hard_negatives: bool,
+                          name: str) -> tuple[Tensor, Tensor]:
+    """``(loss, anchors_skipped)`` of ``-log(positive mass / D_i)`` averaged over the anchors with positives.
+
+    ``D_i`` sums ``exp(s_ip)`` over positives and ``beta_ik exp(s_ik)`` over negatives (``beta`` = 1 without
+    ``hard_negatives``). ``form="inside"``: the positive mass is the mean of ``exp(s_ip)`` (inside the log);
+    ``"outside"``: the mean over positives of the log ratio. SupCon = outside without hard negatives; LACLN =
+    either form with them. Computed in fp32 or wider, autocast off, in log space."""
+    check_embeddings_and_labels(z, labels, name)
+    if temperature <= 0:
+        raise ValueError(f"{name}: temperature must be > 0, got {temperature}")
+    with no_autocast(z):
+        z32 = full_precision(z)
+        s = z32 @ z32.T / temperature
+        pos, neg = same_label_masks(labels)
+        # log of each denominator term: s_ip on positives, log(beta_ik) + s_ik on negatives
+        log_terms = torch.where(neg, log_hard_negative_weights(s, neg) + s, s) if hard_negatives else s
+        log_denominator = masked_logsumexp(log_terms, pos | neg)
+        n_pos = pos.sum(dim=1)
+        has_pos = n_pos > 0
+        if form == "inside":
+            log_mean_pos = masked_logsumexp(s, pos) - torch.log(n_pos.clamp_min(1).to(s.dtype))
+        else:
+            log_mean_pos = torch.where(pos, s, torch.zeros_like(s)).sum(dim=1) / n_pos.clamp_min(1)
+        per_anchor = torch.where(has_pos, log_denominator - log_mean_pos, torch.zeros_like(log_mean_pos))
+        loss = per_anchor.sum() / has_pos.sum().clamp_min(1)
+    return loss, (~has_pos).sum().detach()

@@ -15,16 +15,9 @@ for the contrastive terms: ``exp(1 / tau)`` and its sums leave fp16's range.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from hierclr.losses.label_pairs import (
-    check_embeddings_and_labels,
-    full_precision,
-    masked_logsumexp,
-    no_autocast,
-    same_label_masks,
-)
+from hierclr.losses.label_pairs import anchor_log_ratio_loss
 
 
 def supcon_loss(z: Tensor, labels: Tensor, *, temperature: float = 0.1, return_parts: bool = False):
@@ -38,19 +31,8 @@ def supcon_loss(z: Tensor, labels: Tensor, *, temperature: float = 0.1, return_p
     Returns:
         The scalar loss, or ``(loss, parts)`` with ``return_parts=True``.
     """
-    check_embeddings_and_labels(z, labels, "supcon_loss")
-    if temperature <= 0:
-        raise ValueError(f"supcon_loss: temperature must be > 0, got {temperature}")
-    with no_autocast(z):
-        z32 = full_precision(z)
-        s = z32 @ z32.T / temperature
-        pos, neg = same_label_masks(labels)
-        log_denominator = masked_logsumexp(s, pos | neg)  # every a != i
-        n_pos = pos.sum(dim=1)
-        has_pos = n_pos > 0
-        mean_pos_logit = torch.where(pos, s, torch.zeros_like(s)).sum(dim=1) / n_pos.clamp_min(1)
-        per_anchor = torch.where(has_pos, log_denominator - mean_pos_logit, torch.zeros_like(mean_pos_logit))
-        loss = per_anchor.sum() / has_pos.sum().clamp_min(1)
+    loss, skipped = anchor_log_ratio_loss(z, labels, temperature, form="outside", hard_negatives=False,
+                                          name="supcon_loss")
     if not return_parts:
         return loss
-    return loss, {"anchors_skipped": (~has_pos).sum().detach()}
+    return loss, {"anchors_skipped": skipped}
