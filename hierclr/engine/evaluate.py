@@ -164,8 +164,8 @@ def _tracking_under(cfg: EvaluateConfig, parent: str | None):
     return tracking.model_copy(update={"experiment": exp.name}), parent
 
 
-def _trained_protocol(cfg: EvaluateConfig, which: str, extra: list[str], out: Path, link: TrackingLink, echo
-                      ) -> dict[str, float]:
+def _trained_protocol(cfg: EvaluateConfig, which: str, extra: list[str], out: Path, link: TrackingLink, tracking,
+                      echo) -> dict[str, float]:
     """One linear / semi-supervised ``hierclr finetune`` run from the encoder; best and last top-1 / top-5."""
     from hierclr.engine.supervised import run_supervised
     from hierclr.engine.supervised_config import supervised_tree, validate_supervised
@@ -176,7 +176,7 @@ def _trained_protocol(cfg: EvaluateConfig, which: str, extra: list[str], out: Pa
             f"model.cifar_stem={str(cfg.model.cifar_stem).lower()}", f"data.train={d.train}", f"data.val={d.val}",
             f"data.format={d.format}", f"data.builtin_cache={d.builtin_cache}",
             f"data.num_cpus={d.num_cpus}", f"data.decode_batch_size={d.decode_batch_size}",
-            f"tracking.uri={link.tags['hierclr.tracking_uri']}", f"tracking.experiment={link.tags['hierclr.experiment']}",
+            f"tracking.uri={tracking.uri}", f"tracking.experiment={tracking.experiment}",
             f"tracking.enabled={str(cfg.tracking.enabled).lower()}", f"checkpoint.storage_path={out / 'runs'}",
             f"name={cfg.name}-{which}", f"seed={cfg.seed}", "tracking.log_models=false"]
     if d.hierarchy:
@@ -276,7 +276,6 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
                     assigns = a[s["ids"][keep]]
             results.update(hierarchy_protocol(s["feats"][keep], by_level, prototype_assignments=assigns,
                                               seed=cfg.seed, max_samples=cfg.hierarchy.max_samples))
-        link_tags = {"hierclr.tracking_uri": tracking.uri, "hierclr.experiment": tracking.experiment}
         for which in ("linear", "semi"):
             if which not in cfg.protocols:
                 continue
@@ -284,8 +283,8 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
                 (f"semi{f:g}", _subset_sets(f, feats, cfg, out)) for f in cfg.semi.fractions]
             for label, extra in runs:
                 link = TrackingLink(parent_run_id=tracker.run_id, run_name=f"{cfg.name} {label}",
-                                    tags={**link_tags, "hierclr.protocol": label})
-                scores = _trained_protocol(cfg, which, extra, out, link, echo)
+                                    tags={"hierclr.protocol": label})
+                scores = _trained_protocol(cfg, which, extra, out, link, tracking, echo)
                 results.update({f"{label}/{k}": v for k, v in scores.items() if k != "mlflow_run_id"})
         status = "FINISHED"
     finally:
