@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from hierclr.clustering.prototypes import Prototypes, compose_assignments
-from hierclr.config import HCSCLossConfig
-from hierclr.engine.step import hcsc_train_step
+from hierclr.config.sections_math import HCSCLossConfig
+from hierclr.methods.contrastive_step import hcsc_train_step
 from hierclr.losses import HCSCObjective
 from hierclr.models import MoCo
 

@@ -42,9 +42,9 @@ def main() -> None:
     p.add_argument("--images", type=int, default=5000)
     args = p.parse_args()
 
-    from hierclr.engine.config import load_config
-    from hierclr.engine.pretrain import run_pretrain
-    from hierclr.runtime import ensure_ray
+    from hierclr.config.pretrain import load_config
+    from hierclr.runtime.driver import run_pretrain
+    from hierclr.runtime.ray_start import ensure_ray
 
     work = Path(tempfile.mkdtemp(prefix="hierclr-estep-"))
     sets = [f"checkpoint.storage_path={work}/runs", f"tracking.uri=sqlite:///{work}/mlflow.db", "data.val=null"]

@@ -34,10 +34,10 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from hierclr.engine.config import load_config
-    from hierclr.engine.pretrain import run_pretrain
-    from hierclr.engine.supervised import run_supervised
-    from hierclr.engine.supervised_config import load_supervised_config
+    from hierclr.config.pretrain import load_config
+    from hierclr.runtime.driver import run_pretrain
+    from hierclr.runtime.driver_supervised import run_supervised
+    from hierclr.config.supervised import load_supervised_config
 
     report: dict = {"args": vars(args)}
     hcsc_dir = args.hcsc

@@ -76,7 +76,7 @@ from hierclr.data.decode import decode_rgb
 from hierclr.data.formats.image_folder import list_image_folder, read_folder_unit
 from hierclr.data.formats.parquet import read_parquet_unit
 from hierclr.data.formats.webdataset import read_tar_unit
-from hierclr.data.fs import resolve
+from hierclr.io.fs import resolve
 from hierclr.data.source import ShardSource, open_source
 from hierclr.data.streams import CROP_STAGE, StreamConfig, row_photometric_params, row_rng, train_stream
 from hierclr.data.transforms import (
@@ -492,7 +492,7 @@ def main() -> None:
         import ray
         import ray.data
 
-        from hierclr.runtime import ensure_ray
+        from hierclr.runtime.ray_start import ensure_ray
 
         t = time.perf_counter()
         ensure_ray(args.workers)

@@ -31,7 +31,7 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from hierclr.engine.local_run import LocalRunConfig, run_local_hcsc
+    from hierclr.runtime.local import LocalRunConfig, run_local_hcsc
 
     cfg = LocalRunConfig(epochs=args.epochs, train_images=args.images, seed=args.seed)
     print(f"hierclr demo: MoCo v2 + HCSC, {cfg.backbone} (CIFAR stem), {cfg.train_images} synthetic 32 px images, "
@@ -84,7 +84,7 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
 def _cmd_inspect_data(args: argparse.Namespace) -> int:
     from hierclr.data.decode import decode_rgb
     from hierclr.data.source import open_source
-    from hierclr.runtime import ensure_ray
+    from hierclr.runtime.ray_start import ensure_ray
 
     ensure_ray(args.num_cpus, log_to_driver=False)
     src = open_source(args.uri, format=args.format, hierarchy=args.hierarchy, verify=args.verify)
@@ -98,7 +98,7 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from hierclr.engine.config import list_presets, load_config
+    from hierclr.config.pretrain import list_presets, load_config
 
     if args.list_presets:
         print("\n".join(list_presets()))
@@ -107,7 +107,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    from hierclr.engine.pretrain import run_pretrain
+    from hierclr.runtime.driver import run_pretrain
 
     t0 = time.perf_counter()
     result = run_pretrain(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
@@ -122,7 +122,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_supervised(args: argparse.Namespace) -> int:
-    from hierclr.engine.supervised_config import list_supervised_presets, load_supervised_config
+    from hierclr.config.supervised import list_supervised_presets, load_supervised_config
 
     if args.list_presets:
         print("\n".join(list_supervised_presets()))
@@ -134,7 +134,7 @@ def _cmd_supervised(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    from hierclr.engine.supervised import run_supervised
+    from hierclr.runtime.driver_supervised import run_supervised
 
     t0 = time.perf_counter()
     result = run_supervised(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
@@ -148,7 +148,7 @@ def _cmd_supervised(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from hierclr.engine.evaluate_config import list_evaluate_presets, load_evaluate_config
+    from hierclr.config.evaluate import list_evaluate_presets, load_evaluate_config
 
     if args.list_presets:
         print("\n".join(list_evaluate_presets()))
@@ -162,7 +162,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    from hierclr.engine.evaluate import run_evaluate
+    from hierclr.runtime.evaluate import run_evaluate
 
     t0 = time.perf_counter()
     result = run_evaluate(cfg)
@@ -173,7 +173,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from hierclr.engine.sweep_config import list_sweep_presets, load_sweep
+    from hierclr.config.sweep import list_sweep_presets, load_sweep
 
     if args.list_presets:
         print("\n".join(list_sweep_presets()))
@@ -184,7 +184,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(sweep.to_yaml(), end="")
         print(f"# {sweep.num_trials} trial(s): grid points x num_samples")
         return 0
-    from hierclr.engine.sweep import run_sweep
+    from hierclr.runtime.sweep import run_sweep
 
     t0 = time.perf_counter()
     result = run_sweep(sweep, resume=args.resume, retry_failed=args.retry_failed)
@@ -198,7 +198,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hierclr.export import export_backbone
+    from hierclr.models.export import export_backbone
 
     try:
         result = export_backbone(args.source, args.out, num_classes=args.num_classes,

@@ -13,6 +13,14 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test under ``tests/ray`` runs on a local Ray: mark it, so ``-m "not ray"`` runs the unit tests alone."""
+    ray_dir = Path(__file__).parent / "ray"
+    for item in items:
+        if ray_dir in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hierclr.atomic import write_atomic
+from hierclr.io.atomic import write_atomic
 
 _FORMAT_VERSION = 1
 

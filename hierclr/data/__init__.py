@@ -8,8 +8,8 @@
 - :func:`prepare_data`: the ``hierclr prepare-data`` conversion (resumable, parallel on Ray).
 """
 from hierclr.data.bad_images import BadImage, TooManyBadImagesError
-from hierclr.data.errors import DataFormatError
-from hierclr.data.hierarchy import HierarchyError, LabelHierarchy, cifar100, load_hierarchy
+from hierclr.io.errors import DataFormatError
+from hierclr.labels.hierarchy import HierarchyError, LabelHierarchy, cifar100, load_hierarchy
 from hierclr.data.manifest import Manifest
 from hierclr.data.prepare import PrepareConfig, prepare_data
 from hierclr.data.source import ShardSource, open_source

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hierclr.data.errors import DataFormatError
-from hierclr.data.fs import resolve
-from hierclr.data.hierarchy import LabelHierarchy
+from hierclr.io.errors import DataFormatError
+from hierclr.io.fs import resolve
+from hierclr.labels.hierarchy import LabelHierarchy
 from hierclr.data.manifest import MANIFEST_NAME, Manifest
 from hierclr.data.prepare import ArrayLoader, PrepareConfig, SplitPlan, prepare_split
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hierclr.data.errors import DataFormatError
+from hierclr.io.errors import DataFormatError
 
 __all__ = ["CifarArchive", "CifarSplit", "download_cifar", "encode_png", "read_cifar_archive"]
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow.parquet as pq
 
-from hierclr.data.errors import DataFormatError
+from hierclr.io.errors import DataFormatError
 from hierclr.data.source import _READERS, ShardSource
 
 __all__ = ["FetchedRow", "fetch_images", "fetch_rows"]

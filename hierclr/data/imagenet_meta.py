@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from hierclr.data.errors import DataFormatError
+from hierclr.io.errors import DataFormatError
 
 __all__ = [
     "parse_class_index",

@@ -9,8 +9,8 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hierclr.data.errors import DataFormatError
-from hierclr.data.fs import Location
+from hierclr.io.errors import DataFormatError
+from hierclr.io.fs import Location
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "hierclr-parquet"

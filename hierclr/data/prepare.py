@@ -26,11 +26,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import hierclr
-from hierclr.data.errors import DataFormatError
-from hierclr.data.fs import Location, resolve
-from hierclr.data.hierarchy import LabelHierarchy, load_hierarchy
+from hierclr.io.errors import DataFormatError
+from hierclr.io.fs import Location, resolve
+from hierclr.labels.hierarchy import LabelHierarchy, load_hierarchy
 from hierclr.data.manifest import ImageStats, Manifest, ShardInfo, SizeStats, SkippedImage
-from hierclr.runtime import OWN_RESOURCES
+from hierclr.runtime.ray_start import OWN_RESOURCES
 
 log = logging.getLogger(__name__)
 PROGRESS_DIR = "_progress"
@@ -220,7 +220,7 @@ def _load_hierarchy(cfg: PrepareConfig, classes: tuple[str, ...]) -> LabelHierar
 def _cifar100_hierarchy(archive) -> LabelHierarchy:
     """The built-in 100 -> 20 hierarchy, checked against the coarse labels the archive carries (an
     archive with other class names gets the mapping its own labels imply)."""
-    from hierclr.data.hierarchy import cifar100
+    from hierclr.labels.hierarchy import cifar100
 
     builtin = cifar100()
     if tuple(archive.classes) == builtin.names[0] and tuple(archive.coarse_classes) == builtin.names[1]:
@@ -458,7 +458,7 @@ def prepare_data(cfg: PrepareConfig) -> dict[str, Manifest]:
     """Convert every split of ``cfg.source`` under ``cfg.out``; returns the manifests by split name."""
     import ray
 
-    from hierclr.runtime import ensure_ray
+    from hierclr.runtime.ray_start import ensure_ray
 
     ensure_ray(cfg.num_cpus)
     window = 2 * (cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1)))

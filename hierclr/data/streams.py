@@ -31,7 +31,7 @@ from hierclr.data.transforms import (
     eval_transform,
     sample_photometric_params,
 )
-from hierclr.runtime import OWN_RESOURCES
+from hierclr.runtime.ray_start import OWN_RESOURCES
 
 EPOCH_OFFSET_KEY = "hierclr.epoch_offset"
 EPOCH_CLOCK_KEY = "hierclr.epoch_clock"

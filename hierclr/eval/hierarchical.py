@@ -5,7 +5,7 @@ whose predicted labels, read from the finest level to the coarsest, contain at l
 that is not a parent-child edge of the label hierarchy. The paper's claim is higher accuracy *and*
 lower HVR, so :func:`hierarchy_metrics` returns both.
 
-Levels follow hierclr's convention (:mod:`hierclr.data.hierarchy`): level 0 is the finest level (the
+Levels follow hierclr's convention (:mod:`hierclr.labels.hierarchy`): level 0 is the finest level (the
 dataset's classes), levels ``1 .. L-1`` successively coarser. The paper numbers levels from 1 = finest:
 paper level ``k`` is our level ``k - 1``, and the paper's pair ``(k, k+1)`` is our ``(k-1, k)``.
 """

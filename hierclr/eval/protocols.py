@@ -7,7 +7,7 @@
 * :func:`hierarchy_protocol`: paper Table 11: AMI between cluster assignments and every label level, from
   K-means per level (K = classes at that level) and, when given, the model's own prototype assignments.
 
-Plain numpy / torch / faiss / scikit-learn: the Ray side (:mod:`hierclr.engine.evaluate`) extracts the features.
+Plain numpy / torch / faiss / scikit-learn: the Ray side (:mod:`hierclr.runtime.evaluate`) extracts the features.
 """
 from __future__ import annotations
 

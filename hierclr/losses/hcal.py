@@ -12,7 +12,7 @@ Classification" (arXiv 2508.13452; no public code). Equations as the paper numbe
 * Eq. 9-11, adaptive task weights ``lambda_k = softmax_k(L_k / gamma)``, recomputed every step from the
   current losses and detached (:func:`adaptive_weights`); ``L = sum_k lambda_k L_k`` (:func:`hcal_loss`).
 
-Levels are hierclr's (:mod:`hierclr.data.hierarchy`): level 0 is the finest, ``1 .. L-1`` coarser;
+Levels are hierclr's (:mod:`hierclr.labels.hierarchy`): level 0 is the finest, ``1 .. L-1`` coarser;
 **paper level k = our level k-1**. ``labels`` are ``(B, L)`` with ``labels[:, l]`` the class at level
 ``l``; ``-1`` marks a sample unlabelled at that level (ignored there).
 

@@ -6,7 +6,7 @@ projection to the ``d = 256`` level-0 features ``F^1`` (L2-normalised); each lev
 prototype matrix (Eq. 3), perturbed with Gaussian noise in training (Eq. 3-4). The loss (per-level
 InfoNCE, bottom-up aggregation, adaptive weights) lives in :mod:`hierclr.losses.hcal`.
 
-Levels are hierclr's (:mod:`hierclr.data.hierarchy`): level 0 is the finest, ``1 .. L-1`` coarser;
+Levels are hierclr's (:mod:`hierclr.labels.hierarchy`): level 0 is the finest, ``1 .. L-1`` coarser;
 **paper level k = our level k-1** (the paper's ``F^1`` is our level-0 feature).
 
 One training step::

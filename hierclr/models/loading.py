@@ -11,7 +11,7 @@ Five sources load into the same :func:`hierclr.models.backbones.build_backbone` 
   "module.encoder_q.fc.0.weight", ...}}``): the trunk from ``encoder_q``, its ``fc`` MLP is the head;
 * an MLflow run of hierclr: ``mlflow:<run_id>`` (its ``encoder_best`` model, else ``encoder_last``),
   ``mlflow:<run_id>/<model name>``, ``runs:/<run_id>/<model name>`` or a logged model's ``models:/<model_id>``.
-  The encoders :meth:`hierclr.engine.tracking.Tracker.log_encoder` logs are the bare trunk, so the loaded
+  The encoders :meth:`hierclr.runtime.tracking.Tracker.log_encoder` logs are the bare trunk, so the loaded
   model's ``state_dict()`` has torchvision names (kind ``mlflow-model``). A run without a loadable model falls
   back to the checkpoints of its ``hierclr.run_dir`` tag (``best_encoder.pt`` / ``best_model.pt`` for the best
   encoder, else the newest checkpoint). The store is ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
@@ -82,11 +82,11 @@ def read_source(source: str | Path, *, tracking_uri: str | None = None) -> Sourc
 
 def read_weights(source: str | Path, *, tracking_uri: str | None = None) -> dict[str, torch.Tensor]:
     """The flat state dict behind ``source`` (file, hierclr checkpoint / run directory, or MLflow source)."""
-    from hierclr.data.fs import resolve
+    from hierclr.io.fs import resolve
 
     if is_mlflow_source(source):
         return read_mlflow_weights(str(source), tracking_uri=tracking_uri)[0]
-    from hierclr.engine.checkpoint import latest_checkpoint
+    from hierclr.io.checkpoint import latest_checkpoint
 
     text = str(source)
     loc = resolve(text)
@@ -179,7 +179,7 @@ def tracking_store(tracking_uri: str | None = None) -> str:
     """The MLflow store to read: ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``;
     a relative local store made absolute. A sqlite file that does not exist raises (MLflow would create an
     empty one)."""
-    from hierclr.engine.tracking import resolved_uri
+    from hierclr.runtime.tracking import resolved_uri
 
     uri = resolved_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     if uri.startswith("sqlite:///"):
@@ -197,7 +197,7 @@ def read_mlflow_weights(source: str, *, tracking_uri: str | None = None) -> tupl
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from hierclr.engine.tracking import _RUN_HTTP, _http_settings
+    from hierclr.runtime.tracking import _RUN_HTTP, _http_settings
 
     uri = tracking_store(tracking_uri)
     if source.startswith("models:/"):
@@ -258,7 +258,7 @@ def _run_models(client, run) -> dict:
 def _load_logged_model(model_uri: str, uri: str) -> dict[str, torch.Tensor]:
     import mlflow.pytorch
 
-    from hierclr.engine.tracking import _global_tracking_uri
+    from hierclr.runtime.tracking import _global_tracking_uri
 
     with _global_tracking_uri(uri):
         try:
@@ -273,7 +273,7 @@ def _load_logged_model(model_uri: str, uri: str) -> dict[str, torch.Tensor]:
 
 
 def _run_dir_weights(run_dir: str, names: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], str] | None:
-    from hierclr.data.fs import resolve
+    from hierclr.io.fs import resolve
 
     loc = resolve(run_dir)
     candidates = []

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hierclr.data.errors import DataFormatError
-from hierclr.data.fs import Location
+from hierclr.io.errors import DataFormatError
+from hierclr.io.fs import Location
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 ANNOTATION_FILES = ("val_annotations.txt", "LOC_val_solution.csv")

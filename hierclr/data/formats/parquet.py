@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
-from hierclr.data.errors import DataFormatError
-from hierclr.data.fs import Location
+from hierclr.io.errors import DataFormatError
+from hierclr.io.fs import Location
 from hierclr.data.manifest import Manifest
 
 COLUMNS = ("id", "key", "label", "image")

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from hierclr.data.errors import DataFormatError
-from hierclr.data.fs import Location
+from hierclr.io.errors import DataFormatError
+from hierclr.io.fs import Location
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 LABEL_EXTS = ("cls", "cls.txt", "label")

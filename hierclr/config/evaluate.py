@@ -1,0 +1,114 @@
+"""The config of ``hierclr evaluate``: which encoder, which data, which protocols with which settings.
+
+The defaults are the paper's protocols (spec "Evaluation protocols"); a preset
+(``hierclr/presets/evaluate/<name>.yaml``) or YAML file plus ``--set`` overrides, validated before Ray starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from hierclr.config.pretrain import (
+    PRESET_DIR,
+    DataSection,
+    ResourcesSection,
+    TrackingSection,
+    _describe,
+    _read_yaml,
+    _Section,
+    apply_override,
+    list_presets,
+)
+
+EVALUATE_PRESET_DIR = PRESET_DIR / "evaluate"
+Protocol = Literal["knn", "linear", "semi", "clustering", "hierarchy"]
+
+
+class EvalModelSection(_Section):
+    backbone: Literal["resnet10", "resnet18", "resnet50"] = "resnet50"
+    cifar_stem: bool = False
+
+
+class KNNProtocol(_Section):
+    ks: tuple[int, ...] = (10, 20, 100, 200)
+    temperature: float = Field(0.07, gt=0)
+    backend: Literal["torch", "faiss"] = Field("faiss", description="neighbour search (faiss: IndexFlatIP, chunked)")
+    chunk_size: int = Field(1024, ge=1, description="val rows searched at once")
+
+
+class ClusteringProtocol(_Section):
+    ks: tuple[int, ...] | None = Field(None, description="K values; null: the number of classes and "
+                                                         "overcluster x that")
+    overcluster: int = Field(10, ge=2)
+    nredo: int = Field(5, ge=1)
+    split: Literal["train", "val"] = Field("val", description="which split's features are clustered")
+
+
+class HierarchyProtocol(_Section):
+    prototypes: bool = Field(True, description="also score the checkpoint's own hierarchical prototypes (when it "
+                                               "has them and data.train is the split they were computed on)")
+    max_samples: int | None = Field(50_000, ge=100)
+
+
+class TrainedProtocol(_Section):
+    """A protocol that trains (linear probe, semi-supervised fine-tuning): a ``hierclr finetune`` run from a
+    supervised preset, with the encoder as ``model.init``, nested in MLflow under the evaluation run."""
+
+    config: str = Field(..., description="finetune preset or file (hierclr/presets/supervised)")
+    set: tuple[str, ...] = Field((), description="extra KEY=VALUE overrides of that config")
+
+
+class SemiProtocol(TrainedProtocol):
+    fractions: tuple[float, ...] = Field((0.01, 0.1), description="label fractions (seeded, per class)")
+
+
+class EvaluateConfig(_Section):
+    name: str = "hierclr-eval"
+    source: str = Field(..., description="hierclr checkpoint / run dir / best_encoder.pt, torchvision state dict, "
+                                         "official MoCo-style checkpoint, or mlflow:<run id>")
+    seed: int = 0
+    model: EvalModelSection = EvalModelSection()
+    data: DataSection = DataSection()
+    protocols: tuple[Protocol, ...] = ("knn", "clustering", "hierarchy")
+    knn: KNNProtocol = KNNProtocol()
+    clustering: ClusteringProtocol = ClusteringProtocol()
+    hierarchy: HierarchyProtocol = HierarchyProtocol()
+    linear: TrainedProtocol = TrainedProtocol(config="imagenet-r50-linear")
+    semi: SemiProtocol = SemiProtocol(config="imagenet-r50-semi")
+    resources: ResourcesSection = ResourcesSection()
+    tracking: TrackingSection = TrackingSection()
+    output_dir: str = Field("./hierclr_eval", description="results.json, plots, features, protocol runs (a local "
+                                                          "or shared path: the feature workers write here)")
+    plot: Literal["tsne", "none"] = "tsne"
+    plot_points: int = Field(5000, ge=10)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        if not self.protocols:
+            raise ValueError("protocols is empty: choose from knn, linear, semi, clustering, hierarchy")
+        if len(set(self.protocols)) != len(self.protocols):
+            raise ValueError(f"protocols lists one twice: {list(self.protocols)}")
+        if self.data.val is None:
+            raise ValueError("data.val is required: every protocol reports on a labelled val split")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def list_evaluate_presets() -> list[str]:
+    return list_presets(EVALUATE_PRESET_DIR)
+
+
+def load_evaluate_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                         ) -> EvaluateConfig:
+    tree = _read_yaml(source, EVALUATE_PRESET_DIR) if source is not None else {}
+    for o in overrides:
+        apply_override(tree, o)
+    try:
+        return EvaluateConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ValueError(_describe(e, source)) from None

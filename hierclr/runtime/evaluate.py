@@ -1,0 +1,339 @@
+"""``hierclr evaluate``: the paper's evaluation protocols for one encoder, on Ray, into MLflow.
+
+1. The trunk is loaded from any source :func:`hierclr.models.loading.load_backbone` reads (a clear error names
+   missing / unexpected keys).
+2. Features: Ray Train workers embed the ``train`` and ``val`` splits with the frozen trunk (eval mode,
+   avgpool features), each row on exactly one worker; every worker writes its shard into the run's checkpoint
+   (Ray Train persists all ranks' files into one directory) and the driver assembles them by dataset id.
+3. Feature protocols on the driver (:mod:`hierclr.eval.protocols`): kNN (faiss, chunked), K-means clustering
+   (NMI / AMI / Hungarian accuracy), hierarchy AMI per label level (paper Table 11).
+4. Trained protocols as ``hierclr finetune`` runs on Ray Train, nested under this run in MLflow: the linear
+   probe (frozen trunk in eval mode, lr 5.0, steps at 60 / 80) and semi-supervised fine-tuning on seeded
+   per-class label fractions.
+5. Output: a results table (printed), ``results.json``, a t-SNE plot of the val features coloured by class
+   (and by coarse class with a hierarchy), all logged to an MLflow run nested under the run that produced the
+   checkpoint when there is one.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hierclr.config.evaluate import EvaluateConfig
+from hierclr.runtime.runs import TrackingLink, data_path, quiet_ray_data, start_ray
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluateResult:
+    results: dict[str, float]
+    output_dir: str
+    results_path: str
+    mlflow_run_id: str | None
+    parent_run_id: str | None
+
+
+# ------------------------------------------------------------------------------------------ the workers
+def feature_loop(loop_config: dict) -> None:
+    """Ray Train worker: embed this worker's rows of every split with the frozen trunk; report them as files."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from hierclr.data.transforms import TransformConfig
+    from hierclr.runtime.worker import eval_batches
+    from hierclr.models.backbones import build_backbone
+
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(loop_config["cpus"])))
+    trunk, _ = build_backbone(loop_config["backbone"], cifar_stem=loop_config["cifar_stem"])
+    trunk.load_state_dict(ray.get(loop_config["weights"]))
+    trunk = trunk.to(device).eval()
+    ev = TransformConfig.model_validate(loop_config["transforms"]).eval
+    amp = torch.bfloat16 if (loop_config["amp"] and device.type == "cuda") else None
+    rows = 0
+    with tempfile.TemporaryDirectory(prefix="hierclr-feats-") as tmp:
+        for split in loop_config["splits"]:
+            ids, labels, feats = [], [], []
+            with torch.no_grad():
+                for x, i, y in eval_batches(ray.train.get_dataset_shard(split), ev.mean, ev.std,
+                                            loop_config["batch_size"]):
+                    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                        f = trunk(x.to(device, non_blocking=True))
+                    feats.append(f.float().cpu().numpy())
+                    ids.append(i.numpy())
+                    labels.append(y.numpy())
+            dim = loop_config["feature_dim"]
+            np.savez(Path(tmp, f"{split}-rank{rank:04d}.npz"),
+                     ids=np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                     labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
+                     feats=np.concatenate(feats) if feats else np.zeros((0, dim), np.float32))
+            rows += sum(len(a) for a in ids)
+        ray.train.report({"rows": rows}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _assemble(directory: str, split: str) -> dict[str, np.ndarray]:
+    parts = [np.load(p) for p in sorted(Path(directory).glob(f"{split}-rank*.npz"))]
+    if not parts:
+        raise RuntimeError(f"no {split} features were written (checkpoint {directory})")
+    ids = np.concatenate([p["ids"] for p in parts])
+    order = np.argsort(ids, kind="stable")
+    return {"ids": ids[order], "labels": np.concatenate([p["labels"] for p in parts])[order],
+            "feats": np.concatenate([p["feats"] for p in parts])[order]}
+
+
+def extract_features(cfg: EvaluateConfig, weights: dict, feature_dim: int, sources: dict, storage: str,
+                     name: str) -> dict[str, dict[str, np.ndarray]]:
+    """``{split: {"ids", "labels", "feats"}}`` for every split in ``sources`` (``{split: ShardSource}``)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from hierclr.data import embed_stream, train_data_config
+    from hierclr.data.streams import StreamConfig
+
+    scfg = StreamConfig(transforms=cfg.data.transform_config(), batch_size=cfg.data.decode_batch_size,
+                        num_cpus=cfg.data.num_cpus, max_bad_fraction=cfg.data.max_bad_fraction)
+    streams = {split: embed_stream(src, scfg) for split, src in sources.items()}
+    res = cfg.resources
+    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
+    trainer = TorchTrainer(
+        feature_loop,
+        train_loop_config={"weights": ray.put(weights), "backbone": cfg.model.backbone,
+                           "cifar_stem": cfg.model.cifar_stem, "transforms": cfg.data.transform_config().model_dump(),
+                           "batch_size": 256, "splits": list(sources), "feature_dim": feature_dim,
+                           "cpus": res.cpus_per_worker, "amp": res.use_gpu},
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
+        datasets={split: s.dataset for split, s in streams.items()},
+        dataset_config=train_data_config(tuple(sources)),
+        run_config=RunConfig(name=name, storage_path=storage),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        return {split: _assemble(d, split) for split in sources}
+
+
+# ------------------------------------------------------------------------------------------ the driver
+def _source_context(source: str) -> tuple[str | None, object | None]:
+    """(MLflow run id recorded with a hierclr checkpoint, its prototypes) for nesting and Table 11."""
+    from hierclr.io.fs import resolve
+    from hierclr.io.checkpoint import latest_checkpoint, load_checkpoint
+    from hierclr.models.loading import is_mlflow_source, parse_mlflow_source
+
+    if source.startswith("models:/"):
+        return None, None
+    if is_mlflow_source(source):
+        return parse_mlflow_source(source)[0], None
+    if not resolve(source).is_dir():
+        return None, None
+    try:
+        state = load_checkpoint(latest_checkpoint(source))
+    except (ValueError, FileNotFoundError):
+        return None, None
+    return state.mlflow_run_id, state.prototypes
+
+
+def _tracking_under(cfg: EvaluateConfig, parent: str | None):
+    """The tracking section of the evaluation run: the parent's experiment when the parent is in this store."""
+    from hierclr.runtime.tracking import resolved_uri
+
+    tracking = cfg.tracking.model_copy(update={"uri": resolved_uri(cfg.tracking)})
+    if not (parent and tracking.enabled):
+        return tracking, None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking.uri)
+        exp = client.get_experiment(client.get_run(parent).info.experiment_id)
+    except Exception as e:  # noqa: BLE001  a run from another store: log standalone, say why
+        log.warning("the checkpoint's MLflow run %s is not in %s (%s): the evaluation is not nested", parent,
+                    tracking.uri, e)
+        return tracking, None
+    return tracking.model_copy(update={"experiment": exp.name}), parent
+
+
+def _trained_protocol(cfg: EvaluateConfig, which: str, extra: list[str], out: Path, link: TrackingLink, tracking,
+                      echo) -> dict[str, float]:
+    """One linear / semi-supervised ``hierclr finetune`` run from the encoder; best and last top-1 / top-5."""
+    from hierclr.runtime.driver_supervised import run_supervised
+    from hierclr.config.supervised import supervised_tree, validate_supervised
+
+    proto = getattr(cfg, which)
+    d = cfg.data
+    sets = [f"model.init={cfg.source}", f"model.backbone={cfg.model.backbone}",
+            f"model.cifar_stem={str(cfg.model.cifar_stem).lower()}", f"data.train={d.train}", f"data.val={d.val}",
+            f"data.format={d.format}", f"data.builtin_cache={d.builtin_cache}",
+            f"data.num_cpus={d.num_cpus}", f"data.decode_batch_size={d.decode_batch_size}",
+            f"tracking.uri={tracking.uri}", f"tracking.experiment={tracking.experiment}",
+            f"tracking.enabled={str(cfg.tracking.enabled).lower()}", f"checkpoint.storage_path={out / 'runs'}",
+            f"name={cfg.name}-{which}", f"seed={cfg.seed}", "tracking.log_models=false"]
+    if d.hierarchy:
+        sets.append(f"data.hierarchy={d.hierarchy}")
+    for key, value in cfg.resources.model_dump().items():
+        if value is not None:
+            sets.append(f"resources.{key}={json.dumps(value)}")
+    fcfg = validate_supervised(supervised_tree(proto.config, [*sets, *proto.set, *extra]),
+                               f"{which}.config {proto.config}")
+    res = run_supervised(fcfg, echo=echo, link=link)
+    hist = [r for r in res.history if "acc/top1" in r]
+    if not hist:
+        return {}
+    best = max(hist, key=lambda r: r["acc/top1"])
+    return {"top1_best": best["acc/top1"], "top5_best": best.get("acc/top5", float("nan")),
+            "top1_last": hist[-1]["acc/top1"], "top5_last": hist[-1].get("acc/top5", float("nan")),
+            "best_epoch": best["epoch"], "mlflow_run_id": res.mlflow_run_id}
+
+
+def results_table(results: dict[str, float]) -> str:
+    width = max((len(k) for k in results), default=10)
+    return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
+                     for k, v in results.items())
+
+
+def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
+    """Evaluate ``cfg.source`` with ``cfg.protocols``; returns the results and where they were written."""
+    from hierclr.io.atomic import write_atomic
+    from hierclr.data import open_source
+    from hierclr.config.pretrain import flatten
+    from hierclr.runtime.tracking import Tracker, resolved_uri
+    from hierclr.eval.protocols import clustering_protocol, hierarchy_protocol, knn_protocol
+    from hierclr.models.backbones import build_backbone
+    from hierclr.models.loading import load_backbone
+
+    trunk, feature_dim = build_backbone(cfg.model.backbone, cifar_stem=cfg.model.cifar_stem)
+    # fails here, before Ray, on a wrong checkpoint; an mlflow:<run id> source is read from tracking.uri
+    kind = load_backbone(trunk, cfg.source, tracking_uri=resolved_uri(cfg.tracking))
+    weights = {k: v.detach().cpu() for k, v in trunk.state_dict().items()}
+    parent, prototypes = _source_context(cfg.source)
+    start_ray(cfg)
+    quiet_ray_data()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(os.path.expanduser(cfg.output_dir)).resolve() / f"{cfg.name}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_src = open_source(data_path(cfg.data.train, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
+    val_src = open_source(data_path(cfg.data.val, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
+    if not train_src.classes or (val_src.classes and val_src.classes != train_src.classes):
+        raise ValueError(f"data.train ({cfg.data.train}) and data.val ({cfg.data.val}) need the same class labels")
+    level_map = train_src.level_map()
+    num_classes = len(train_src.classes)
+
+    tracking, parent = _tracking_under(cfg, parent)
+    tags = {"hierclr.kind": "evaluation", "hierclr.source": cfg.source, "hierclr.source_kind": kind,
+            "hierclr.protocols": ",".join(cfg.protocols)}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    tracker = Tracker.start(tracking, run_name=f"evaluate {cfg.name}", params=flatten(cfg), tags=tags)
+    echo(f"hierclr evaluate: {cfg.source} ({kind}, {cfg.model.backbone}) on {cfg.data.train} / {cfg.data.val}; "
+         f"protocols {', '.join(cfg.protocols)}; output {out}; MLflow "
+         f"{'run ' + tracker.run_id + (' nested under ' + parent if parent else '') if tracker.enabled else 'off'}")
+
+    results: dict[str, float] = {}
+    feats = None
+    status = "FAILED"
+    try:
+        need = {"knn": ("train", "val"), "clustering": (cfg.clustering.split,), "hierarchy": ("train",),
+                "semi": ("train",)}
+        splits = sorted({s for p in cfg.protocols for s in need.get(p, ())} | ({"val"} if cfg.plot != "none" else set()))
+        if splits:
+            t0 = time.perf_counter()
+            feats = extract_features(cfg, weights, feature_dim, {s: {"train": train_src, "val": val_src}[s]
+                                                                  for s in splits}, str(out), "features")
+            results["time/features"] = time.perf_counter() - t0
+        if "knn" in cfg.protocols:
+            tr, va = feats["train"], feats["val"]
+            results.update(knn_protocol(tr["feats"][tr["labels"] >= 0], tr["labels"][tr["labels"] >= 0],
+                                        va["feats"][va["labels"] >= 0], va["labels"][va["labels"] >= 0],
+                                        ks=cfg.knn.ks, temperature=cfg.knn.temperature, num_classes=num_classes,
+                                        backend=cfg.knn.backend, chunk_size=cfg.knn.chunk_size))
+        if "clustering" in cfg.protocols:
+            s = feats[cfg.clustering.split]
+            keep = s["labels"] >= 0
+            ks = cfg.clustering.ks or (num_classes, num_classes * cfg.clustering.overcluster)
+            ks = tuple(k for k in ks if k <= keep.sum())
+            results.update(clustering_protocol(s["feats"][keep], s["labels"][keep], ks, seed=cfg.seed,
+                                               nredo=cfg.clustering.nredo))
+        if "hierarchy" in cfg.protocols:
+            s = feats["train"]
+            keep = s["labels"] >= 0
+            by_level = level_map[s["labels"][keep]]
+            assigns = None
+            if cfg.hierarchy.prototypes and prototypes is not None:
+                a = prototypes.assignments.cpu().numpy()
+                if len(a) == train_src.num_rows:  # computed on this split: rows are dataset ids
+                    assigns = a[s["ids"][keep]]
+            results.update(hierarchy_protocol(s["feats"][keep], by_level, prototype_assignments=assigns,
+                                              seed=cfg.seed, max_samples=cfg.hierarchy.max_samples))
+        for which in ("linear", "semi"):
+            if which not in cfg.protocols:
+                continue
+            runs = [(which, [])] if which == "linear" else [
+                (f"semi{f:g}", _subset_sets(f, feats, cfg, out)) for f in cfg.semi.fractions]
+            for label, extra in runs:
+                link = TrackingLink(parent_run_id=tracker.run_id, run_name=f"{cfg.name} {label}",
+                                    tags={"hierclr.protocol": label})
+                scores = _trained_protocol(cfg, which, extra, out, link, tracking, echo)
+                results.update({f"{label}/{k}": v for k, v in scores.items() if k != "mlflow_run_id"})
+        status = "FINISHED"
+    finally:
+        if status == "FAILED":
+            tracker.finish("FAILED")
+
+    table = results_table(results)
+    echo("hierclr evaluate results:\n" + table)
+    payload = {"source": cfg.source, "source_kind": kind, "backbone": cfg.model.backbone, "data": cfg.data.train,
+               "protocols": list(cfg.protocols), "results": results, "mlflow_run_id": tracker.run_id,
+               "parent_run_id": parent}
+    results_path = out / "results.json"
+    write_atomic(results_path, json.dumps(payload, indent=2).encode())
+    tracker.log_metrics(0, results)
+    tracker.log_dict(payload, "results.json")
+    tracker.log_text(table + "\n", "results.txt")
+    tracker.log_text(cfg.to_yaml(), "config/evaluate.yaml")
+    if cfg.plot != "none" and feats is not None:
+        _log_embedding_plot(tracker, feats["val"], level_map, train_src, cfg, out)
+    run_id = tracker.run_id
+    tracker.finish("FINISHED")
+    return EvaluateResult(results=results, output_dir=str(out), results_path=str(results_path),
+                          mlflow_run_id=run_id, parent_run_id=parent)
+
+
+def _subset_sets(fraction: float, feats, cfg: EvaluateConfig, out: Path) -> list[str]:
+    """``subset.*`` overrides for a semi-supervised run: the ids of a seeded per-class fraction (from the feature
+    pass's labels, written to ``subset_<f>.npy``)."""
+    from hierclr.eval.subsets import per_class_subset
+
+    if feats is None or "train" not in feats:
+        return [f"subset.fraction={fraction}", "subset.ids_file=null", f"subset.seed={cfg.seed}"]
+    tr = feats["train"]
+    ids = per_class_subset(tr["ids"], tr["labels"], fraction, seed=cfg.seed)
+    path = out / f"subset_{fraction:g}.npy"
+    buf = io.BytesIO()
+    np.save(buf, ids)
+    path.write_bytes(buf.getvalue())
+    return [f"subset.ids_file={path}", "subset.fraction=null"]
+
+
+def _log_embedding_plot(tracker, val: dict, level_map: np.ndarray, source, cfg: EvaluateConfig, out: Path) -> None:
+    from hierclr.viz.embedding import embedding_plot
+
+    keep = val["labels"] >= 0
+    y = val["labels"][keep]
+    coarse = level_map[y, -1] if level_map.shape[1] > 1 else None
+    fig = embedding_plot(val["feats"][keep], y, coarse_labels=coarse, class_names=list(source.classes) or None,
+                         max_points=cfg.plot_points, seed=cfg.seed)
+    path = out / "embedding_tsne.png"
+    fig.savefig(path, dpi=100)
+    tracker.log_artifact(str(path), "plots")

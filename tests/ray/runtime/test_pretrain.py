@@ -1,0 +1,202 @@
+"""End-to-end pretraining on a local Ray: real Ray Train (2 gloo workers), Ray Data streams over real parquet
+shards (scikit-learn's digits, built in), the clustering actor, checkpoints and a local MLflow store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hierclr.io.checkpoint import checkpoints_in, load_checkpoint
+from hierclr.config.pretrain import load_config
+from hierclr.runtime.driver import run_pretrain
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def tiny_config(tmp: Path, cache: Path, *extra: str, **_):
+    return load_config("demo", [
+        f"checkpoint.storage_path={tmp}/runs", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        f"data.builtin_cache={cache}", "data.train=builtin://digits/val", "data.val=builtin://digits/val",
+        "data.decode_batch_size=64", "model.backbone=resnet10", "model.hidden_dim=128", "model.queue_size=128",
+        "model.momentum=0.9", "optim.batch_size=32", "optim.epochs=3", "optim.base_lr=0.24", "loss.warmup_epochs=1",
+        "clustering.sizes=[16,8,4]", "clustering.nredo=1", "service.cpus_per_actor=0", "resources.num_workers=2",
+        "eval.ks=[5,10]", *extra])
+
+
+def _mlflow(cfg):
+    from mlflow.tracking import MlflowClient
+
+    from hierclr.runtime.tracking import resolved_uri
+
+    return MlflowClient(tracking_uri=resolved_uri(cfg.tracking))
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+EVERY_EPOCH = ["epoch", "lr", "loss/total", "loss/instance", "train/images_per_s", "train/steps", "time/embed",
+               "time/cluster", "time/broadcast", "time/train", "time/epoch", "knn/top1_k5", "knn/top1_k10",
+               "knn/top1_best"]
+HCSC_EPOCHS = [f"loss/{t}_l{level}" for t in ("instance", "prototype") for level in range(3)] + \
+    [f"kept_fraction/{t}_l{level}" for t in ("instance", "prototype") for level in range(3)] + \
+    [f"cluster/level{level}/{s}" for level in range(3) for s in (
+        "size_min", "size_median", "size_max", "empty_clusters", "phi_min", "phi_mean", "phi_max")] + \
+    ["loss/prototype"]
+SELECTION = [f"selection/{m}_l{level}" for m in ("precision", "recall", "kept_true_negatives") for level in range(3)] + \
+    ["selection/false_negative_rate"]  # paper Fig. 5: digits has labels
+
+
+def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_path, digits_cache, monkeypatch):
+    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=4")
+    result = run_pretrain(cfg, echo=lambda *a: None)
+    assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
+    client = _mlflow(cfg)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.batch_size"] == "32"
+    assert run.data.params["clustering.sizes"] in ("[16, 8, 4]", "(16, 8, 4)")
+    for key in EVERY_EPOCH:
+        assert _steps(client, run.info.run_id, key) == [0, 1, 2, 3], key
+    for key in HCSC_EPOCHS + SELECTION:
+        assert _steps(client, run.info.run_id, key) == [1, 2, 3], key
+    h = result.history
+    # the warm-up epoch is plain InfoNCE; afterwards the objective has ICSC (3 levels summed) + PCSC
+    assert "loss/prototype" not in h[0] and h[1]["loss/prototype"] > 0
+    # the loss goes down: the prototype term (the instance terms sit near chance, ln(129), in 33 steps)
+    assert h[3]["loss/prototype"] < h[1]["loss/prototype"], [r["loss/prototype"] for r in h]
+    assert all(0 < r[f"kept_fraction/instance_l{level}"] <= 1 for r in h[1:] for level in range(3))
+    assert not any(k.startswith("selection/") for k in h[0])  # warm-up: no selection
+    assert all(0.0 <= r[k] <= 1.0 for r in h[1:] for k in SELECTION), [{k: r[k] for k in SELECTION} for r in h[1:]]
+    # 10 balanced digit classes: about a tenth of the queue shares the query's class
+    assert all(0.03 < r["selection/false_negative_rate"] < 0.25 for r in h[1:])
+    assert h[1]["cluster/level0/size_max"] >= h[1]["cluster/level0/size_min"]
+    assert 0.5 < h[-1]["knn/top1_best"] <= 1.0  # 10 digit classes: chance is 0.1
+    assert all(r["lr"] > 0 for r in h) and h[0]["lr"] > h[-1]["lr"]
+    # artifacts
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "prototypes", "history.json"} <= arts, arts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == ["config/resolved.yaml"]
+    # checkpoints: last one holds the final prototypes, both encoders and the queue
+    state = load_checkpoint(result.checkpoint)
+    assert state.epoch == 3 and state.prototypes is not None and state.prototypes.epoch == 3
+    assert state.prototypes.sizes == (16, 8, 4)
+    assert {"encoder_q.backbone.conv1.weight", "encoder_k.backbone.conv1.weight", "queue", "queue_ids"} <= set(
+        state.model)
+    assert (state.model["queue_ids"] >= 0).all()  # the queue was filled with real ids
+    assert Path(result.run_dir, "best_encoder.pt").is_file()
+    # the last and best query encoders are MLflow PyTorch models of this run, with a signature
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    ours = {m.name: m for m in models if m.source_run_id == run.info.run_id}
+    assert set(ours) == {"encoder_last", "encoder_best"}, set(ours)
+    import mlflow
+
+    from hierclr.runtime.tracking import resolved_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", resolved_uri(cfg.tracking))  # models:/ URIs resolve globally
+    info = mlflow.models.get_model_info(f"models:/{ours['encoder_last'].model_id}")
+    assert info.signature.inputs.inputs[0].shape == (-1, 3, 32, 32)
+    assert info.signature.outputs.inputs[0].shape == (-1, 512)  # resnet10 avgpool features
+    _check_hierarchy_artifacts(client, run.info.run_id, tmp_path, e_steps=[1, 2, 3], levels=3)
+
+
+def _check_hierarchy_artifacts(client, run_id: str, tmp: Path, *, e_steps: list[int], levels: int) -> None:
+    """Issue-5 artifacts: per-E-step tree + histograms, AMI per label level (digits: 2 label levels), learning
+    curves, the final tree and the chain image grid; PNGs are valid images, the tree is the final prototypes'."""
+    import json
+
+    from PIL import Image
+
+    for m in range(2):
+        assert _steps(client, run_id, f"ami/label{m}") == e_steps
+        for level in range(levels):
+            assert _steps(client, run_id, f"ami/proto{level}_label{m}") == e_steps
+    ami = client.get_run(run_id).data.metrics
+    assert all(-0.1 <= ami[f"ami/label{m}"] <= 1.0 for m in range(2))
+    assert ami["ami/label0"] > 0.1  # the level-0 prototypes carry the digit classes (chance: 0)
+    paths = {f.path for d in ("hierarchy/final", "hierarchy/chains", "plots", f"hierarchy/epoch_{e_steps[0]:03d}")
+             for f in client.list_artifacts(run_id, d)}
+    assert {"hierarchy/final/tree.json", "hierarchy/final/cluster_sizes.png", "hierarchy/chains/chains.png",
+            "plots/learning_curves.png", "plots/ami.png", "plots/selection_quality.png",
+            f"hierarchy/epoch_{e_steps[0]:03d}/tree.json",
+            f"hierarchy/epoch_{e_steps[0]:03d}/cluster_sizes.png"} <= paths, paths
+    for png in [p for p in paths if p.endswith(".png")]:
+        with Image.open(client.download_artifacts(run_id, png, str(tmp))) as im:
+            assert im.format == "PNG" and min(im.size) > 100, png
+    tree = json.loads(Path(client.download_artifacts(run_id, "hierarchy/final/tree.json", str(tmp))).read_text())
+    assert tree["num_levels"] == levels and len(tree["levels"]) == levels
+    assert sum(tree["levels"][0]["members"]) == 359  # every training image is a member of one leaf
+
+
+def test_resume_latest_records_each_epoch_once(ray_session, tmp_path, digits_cache):
+    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=3")
+    first = run_pretrain(cfg, stop_after_epoch=1, echo=lambda *a: None)
+    assert [int(r["epoch"]) for r in first.history] == [0, 1]
+    saved = load_checkpoint(first.checkpoint)
+    assert saved.epoch == 1 and saved.prototypes is not None
+
+    second = run_pretrain(cfg, resume="latest", echo=lambda *a: None)
+    assert second.run_dir == first.run_dir and second.mlflow_run_id == first.mlflow_run_id
+    assert [int(r["epoch"]) for r in second.history] == [0, 1, 2]
+    assert second.history[:2] == first.history  # the carried history is the first run's, unchanged
+    client = _mlflow(cfg)
+    for key in ("loss/total", "epoch", "knn/top1_k10"):
+        assert _steps(client, second.mlflow_run_id, key) == [0, 1, 2], key
+    assert _steps(client, second.mlflow_run_id, "loss/prototype_l0") == [1, 2]
+    # the checkpoint the resumed run started from still holds exactly the saved prototypes
+    by_epoch = dict(checkpoints_in(second.run_dir))
+    restored = load_checkpoint(by_epoch[1]).prototypes
+    for a, b in zip(restored.centroids + restored.phi, saved.prototypes.centroids + saved.prototypes.phi):
+        assert torch.equal(a, b)
+    assert torch.equal(restored.assignments, saved.prototypes.assignments)
+    final = load_checkpoint(second.checkpoint)
+    assert final.epoch == 2 and final.prototypes.epoch == 2
+    assert client.get_run(second.mlflow_run_id).info.status == "FINISHED"
+
+
+def test_worker_failure_restarts_from_last_checkpoint(ray_session, tmp_path, digits_cache):
+    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=3", "checkpoint.max_failures=1")
+    marker = tmp_path / "failed-once"
+    result = run_pretrain(cfg, echo=lambda *a: None, _inject_failure={"epoch": 2, "rank": 1, "step": 2,
+                                                                     "marker": str(marker)})
+    assert marker.is_file()  # the failure did happen
+    assert [int(r["epoch"]) for r in result.history] == [0, 1, 2]
+    client = _mlflow(cfg)
+    assert _steps(client, result.mlflow_run_id, "loss/total") == [0, 1, 2]
+
+
+def test_worker_failure_without_retries_fails_the_run(ray_session, tmp_path, digits_cache):
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=2", "loss.warmup_epochs=2", "eval.every=0")
+    with pytest.raises(TrainingFailedError, match="injected worker failure"):
+        run_pretrain(cfg, echo=lambda *a: None,
+                     _inject_failure={"epoch": 0, "rank": 0, "marker": str(tmp_path / "m")})
+
+
+def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache):
+    """PCL v2 (flat K-means at each granularity through the clustering service, ProtoNCE) on one worker."""
+    cfg = tiny_config(tmp_path, digits_cache, "method=pcl", "pcl.num_clusters=[8,20]", "pcl.num_negatives=4",
+                      "resources.num_workers=1", "optim.epochs=2", "eval.every=0", "tracking.log_models=false")
+    result = run_pretrain(cfg, echo=lambda *a: None)
+    h = result.history
+    assert [int(r["epoch"]) for r in h] == [0, 1]
+    assert "loss/prototype" not in h[0] and h[1]["loss/prototype"] > 0
+    assert h[1]["cluster/level0/num_prototypes"] == 8 and h[1]["cluster/level1/num_prototypes"] == 20
+    assert load_checkpoint(result.checkpoint).prototypes.sizes == (8, 20)
+
+
+def test_clustering_actor_killed_during_estep_is_restarted(ray_session, tmp_path, digits_cache):
+    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=2", "eval.every=0", "tracking.log_models=false")
+    result = run_pretrain(cfg, echo=lambda *a: None, _inject_actor_fault=(0, "cluster"))
+    h = result.history
+    assert [int(r["epoch"]) for r in h] == [0, 1]
+    assert h[1]["cluster/attempts"] == 2  # the first attempt died with the actor, the retry finished the epoch
+    assert load_checkpoint(result.checkpoint).prototypes.sizes == (16, 8, 4)
+
+
+def test_a_run_the_local_cluster_cannot_hold_fails_fast(ray_session, tmp_path, digits_cache):
+    cfg = tiny_config(tmp_path, digits_cache, "resources.num_workers=8", "optim.batch_size=64", "model.queue_size=128")
+    with pytest.raises(ValueError, match=r"the run needs 9 CPU \(cluster has 4\)"):
+        run_pretrain(cfg, echo=lambda *a: None)
