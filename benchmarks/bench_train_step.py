@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from hierclr.clustering.prototypes import Prototypes, compose_assignments
 from hierclr.config.sections_math import HCSCLossConfig
-from hierclr.methods.contrastive_step import hcsc_train_step
 from hierclr.losses import HCSCObjective
+from hierclr.methods.contrastive_step import hcsc_train_step
 from hierclr.models import MoCo
 
 

@@ -35,9 +35,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from hierclr.config.pretrain import load_config
+    from hierclr.config.supervised import load_supervised_config
     from hierclr.runtime.driver import run_pretrain
     from hierclr.runtime.driver_supervised import run_supervised
-    from hierclr.config.supervised import load_supervised_config
 
     report: dict = {"args": vars(args)}
     hcsc_dir = args.hcsc

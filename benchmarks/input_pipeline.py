@@ -76,7 +76,6 @@ from hierclr.data.decode import decode_rgb
 from hierclr.data.formats.image_folder import list_image_folder, read_folder_unit
 from hierclr.data.formats.parquet import read_parquet_unit
 from hierclr.data.formats.webdataset import read_tar_unit
-from hierclr.io.fs import resolve
 from hierclr.data.source import ShardSource, open_source
 from hierclr.data.streams import CROP_STAGE, StreamConfig, row_photometric_params, row_rng, train_stream
 from hierclr.data.transforms import (
@@ -86,6 +85,7 @@ from hierclr.data.transforms import (
     apply_photometric,
     torchvision_pipeline,
 )
+from hierclr.io.fs import resolve
 
 Mode = Literal["collate", "per_sample", "torchvision"]
 SEED = 0

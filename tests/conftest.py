@@ -68,7 +68,27 @@ def shared_data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def fault_plan_file(tmp_path_factory) -> Path:
+    """The fault plan every process of the session reads (:mod:`hierclr.runtime.faults`); set before Ray starts,
+    so that Ray's worker processes inherit the variable."""
+    from hierclr.runtime.faults import PLAN_ENV
+
+    path = tmp_path_factory.mktemp("faults") / "plan.json"
+    os.environ[PLAN_ENV] = str(path)
+    return path
+
+
+@pytest.fixture
+def fault_plan(fault_plan_file):
+    """``fault_plan([{"point": "train_step", "epoch": 2, "rank": 1}, ...])`` arms faults for one test."""
+    from hierclr.runtime.faults import write_plan
+
+    yield lambda faults: write_plan(fault_plan_file, faults)
+    write_plan(fault_plan_file, [])
+
+
+@pytest.fixture(scope="session")
+def ray_session(fault_plan_file):
     """One local Ray for the whole test session, with explicit logical CPUs (the machine has 2 cores)."""
     import ray
 

@@ -8,13 +8,13 @@
 - :func:`prepare_data`: the ``hierclr prepare-data`` conversion (resumable, parallel on Ray).
 """
 from hierclr.data.bad_images import BadImage, TooManyBadImagesError
-from hierclr.io.errors import DataFormatError
-from hierclr.labels.hierarchy import HierarchyError, LabelHierarchy, cifar100, load_hierarchy
 from hierclr.data.manifest import Manifest
 from hierclr.data.prepare import PrepareConfig, prepare_data
 from hierclr.data.source import ShardSource, open_source
 from hierclr.data.streams import ImageStream, StreamConfig, embed_stream, finish_views, train_data_config, train_stream
 from hierclr.data.transforms import AugmentConfig, EvalTransformConfig, MultiViewAugment, TransformConfig
+from hierclr.io.errors import DataFormatError
+from hierclr.labels.hierarchy import HierarchyError, LabelHierarchy, cifar100, load_hierarchy
 
 __all__ = [
     "AugmentConfig", "BadImage", "DataFormatError", "EvalTransformConfig", "HierarchyError", "ImageStream",

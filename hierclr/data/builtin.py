@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hierclr.data.manifest import MANIFEST_NAME, Manifest
+from hierclr.data.prepare import ArrayLoader, PrepareConfig, SplitPlan, prepare_split
 from hierclr.io.errors import DataFormatError
 from hierclr.io.fs import resolve
 from hierclr.labels.hierarchy import LabelHierarchy
-from hierclr.data.manifest import MANIFEST_NAME, Manifest
-from hierclr.data.prepare import ArrayLoader, PrepareConfig, SplitPlan, prepare_split
 
 __all__ = ["BUILTIN_DATASETS", "BUILTIN_SCHEME", "DIGITS_ROWS", "digits_hierarchy", "is_builtin", "materialize_builtin",
            "render_digits"]

@@ -15,8 +15,8 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow.parquet as pq
 
-from hierclr.io.errors import DataFormatError
 from hierclr.data.source import _READERS, ShardSource
+from hierclr.io.errors import DataFormatError
 
 __all__ = ["FetchedRow", "fetch_images", "fetch_rows"]
 

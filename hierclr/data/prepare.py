@@ -26,10 +26,10 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import hierclr
+from hierclr.data.manifest import ImageStats, Manifest, ShardInfo, SizeStats, SkippedImage
 from hierclr.io.errors import DataFormatError
 from hierclr.io.fs import Location, resolve
 from hierclr.labels.hierarchy import LabelHierarchy, load_hierarchy
-from hierclr.data.manifest import ImageStats, Manifest, ShardInfo, SizeStats, SkippedImage
 from hierclr.runtime.ray_start import OWN_RESOURCES
 
 log = logging.getLogger(__name__)

@@ -14,13 +14,13 @@ from typing import Literal
 
 import numpy as np
 
-from hierclr.io.errors import DataFormatError
 from hierclr.data.formats.image_folder import folder_units, list_image_folder, read_folder_unit
 from hierclr.data.formats.parquet import parquet_units, read_parquet_unit
 from hierclr.data.formats.webdataset import index_shard, list_tar_shards, read_tar_unit, tar_units
+from hierclr.data.manifest import MANIFEST_NAME, Manifest
+from hierclr.io.errors import DataFormatError
 from hierclr.io.fs import Location, resolve
 from hierclr.labels.hierarchy import LabelHierarchy, load_hierarchy
-from hierclr.data.manifest import MANIFEST_NAME, Manifest
 from hierclr.runtime.ray_start import OWN_RESOURCES
 
 Format = Literal["auto", "parquet", "webdataset", "imagefolder"]

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hierclr.io.atomic import write_atomic
 from hierclr.clustering.prototypes import Prototypes
+from hierclr.io.atomic import write_atomic
 from hierclr.io.fs import Location, resolve
 
 MARKER = "COMPLETE"

@@ -14,9 +14,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hierclr.io.fs import resolve
-from hierclr.io.checkpoint import load_checkpoint
 from hierclr.config.pretrain import PretrainConfig, flatten
+from hierclr.io.checkpoint import load_checkpoint
+from hierclr.io.fs import resolve
 from hierclr.runtime.runs import (
     TrackingLink,
     check_resources,
@@ -62,8 +62,6 @@ def run_pretrain(
     stop_after_epoch: int | None = None,
     echo=print,
     link: TrackingLink | None = None,
-    _inject_failure: dict | None = None,
-    _inject_actor_fault: tuple[int, str] | None = None,
 ) -> PretrainResult:
     """Run (or resume) one pretraining run; returns where it went and its per-epoch history."""
     import ray
@@ -123,8 +121,6 @@ def run_pretrain(
         service = ClusteringService.start(
             f"hierclr-clustering-{token}", cfg.clustering, cfg.service, method=cfg.method,
             pcl_sizes=cfg.pcl.num_clusters, num_rows=train_src.num_rows)
-        if _inject_actor_fault is not None:  # tests: a K-means actor dies during the next E-step
-            service.inject_fault(*_inject_actor_fault)
     tracking = cfg.tracking.model_copy(update={"uri": resolved_uri(cfg.tracking)})
     mlflow_run_id = (resume_state or {}).get("mlflow_run_id")
     link = link or TrackingLink()
@@ -143,7 +139,7 @@ def run_pretrain(
             run_dir=run_dir, service_name=service.name if service else None, clock_name=clock_name,
             num_classes=len(train_src.classes), has_val=val_src is not None, tracking_uri=tracking.uri,
             mlflow_run_id=tracker.run_id, resume_from=resume_ckpt,
-            stop_after_epoch=stop_after_epoch, inject_failure=_inject_failure,
+            stop_after_epoch=stop_after_epoch,
             level_map=train_src.level_map().tolist() if train_src.classes else None,
             stop_board=link.stop_board, stop_key=link.stop_key).__dict__,
     }

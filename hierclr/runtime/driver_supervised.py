@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hierclr.io.fs import resolve
-from hierclr.io.checkpoint import load_checkpoint
 from hierclr.config.pretrain import flatten
+from hierclr.config.supervised import SupervisedConfig
+from hierclr.io.checkpoint import load_checkpoint
+from hierclr.io.fs import resolve
 from hierclr.runtime.runs import (
     TrackingLink,
     check_resources,
@@ -25,7 +26,6 @@ from hierclr.runtime.runs import (
     storage_root,
     tune_callbacks,
 )
-from hierclr.config.supervised import SupervisedConfig
 from hierclr.runtime.worker_supervised import SupervisedRunContext, build_network, train_loop_per_worker
 
 
@@ -178,8 +178,8 @@ def _subset_ids(cfg: SupervisedConfig, train_src) -> np.ndarray:
 
 def _check_init(cfg: SupervisedConfig, level_map: np.ndarray) -> None:
     """Load ``model.init`` once on the driver, so a wrong file fails before any worker starts."""
-    from hierclr.runtime.worker_supervised import init_weights
     from hierclr.runtime.tracking import resolved_uri
+    from hierclr.runtime.worker_supervised import init_weights
 
     init_weights(build_network(cfg, level_map), cfg, resolved_uri(cfg.tracking))
 

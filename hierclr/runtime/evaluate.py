@@ -51,8 +51,8 @@ def feature_loop(loop_config: dict) -> None:
     import torch
 
     from hierclr.data.transforms import TransformConfig
-    from hierclr.runtime.worker import eval_batches
     from hierclr.models.backbones import build_backbone
+    from hierclr.runtime.worker import eval_batches
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -128,8 +128,8 @@ def extract_features(cfg: EvaluateConfig, weights: dict, feature_dim: int, sourc
 # ------------------------------------------------------------------------------------------ the driver
 def _source_context(source: str) -> tuple[str | None, object | None]:
     """(MLflow run id recorded with a hierclr checkpoint, its prototypes) for nesting and Table 11."""
-    from hierclr.io.fs import resolve
     from hierclr.io.checkpoint import latest_checkpoint, load_checkpoint
+    from hierclr.io.fs import resolve
     from hierclr.models.loading import is_mlflow_source, parse_mlflow_source
 
     if source.startswith("models:/"):
@@ -167,8 +167,8 @@ def _tracking_under(cfg: EvaluateConfig, parent: str | None):
 def _trained_protocol(cfg: EvaluateConfig, which: str, extra: list[str], out: Path, link: TrackingLink, tracking,
                       echo) -> dict[str, float]:
     """One linear / semi-supervised ``hierclr finetune`` run from the encoder; best and last top-1 / top-5."""
-    from hierclr.runtime.driver_supervised import run_supervised
     from hierclr.config.supervised import supervised_tree, validate_supervised
+    from hierclr.runtime.driver_supervised import run_supervised
 
     proto = getattr(cfg, which)
     d = cfg.data
@@ -204,13 +204,13 @@ def results_table(results: dict[str, float]) -> str:
 
 def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     """Evaluate ``cfg.source`` with ``cfg.protocols``; returns the results and where they were written."""
-    from hierclr.io.atomic import write_atomic
-    from hierclr.data import open_source
     from hierclr.config.pretrain import flatten
-    from hierclr.runtime.tracking import Tracker, resolved_uri
+    from hierclr.data import open_source
     from hierclr.eval.protocols import clustering_protocol, hierarchy_protocol, knn_protocol
+    from hierclr.io.atomic import write_atomic
     from hierclr.models.backbones import build_backbone
     from hierclr.models.loading import load_backbone
+    from hierclr.runtime.tracking import Tracker, resolved_uri
 
     trunk, feature_dim = build_backbone(cfg.model.backbone, cifar_stem=cfg.model.cifar_stem)
     # fails here, before Ray, on a wrong checkpoint; an mlflow:<run id> source is read from tracking.uri

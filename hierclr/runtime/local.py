@@ -18,9 +18,9 @@ from torchvision.transforms import v2
 
 from hierclr.clustering import hierarchical_kmeans
 from hierclr.config.sections_math import ClusteringConfig, HCSCLossConfig
-from hierclr.methods.contrastive_step import embed_features, hcsc_train_step
 from hierclr.eval import clustering_scores, knn_accuracy
 from hierclr.losses import HCSCObjective
+from hierclr.methods.contrastive_step import embed_features, hcsc_train_step
 from hierclr.models import MoCo
 
 log = logging.getLogger(__name__)

@@ -21,28 +21,27 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from hierclr.io.fs import resolve
+from hierclr.config.pretrain import PretrainConfig
 from hierclr.data.streams import finish_views
 from hierclr.data.transforms import MultiViewAugment
-from hierclr.io.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from hierclr.config.pretrain import PretrainConfig
-from hierclr.runtime.metrics import MetricAverager, sum_over_ranks
-from hierclr.runtime.artifacts import log_curves, log_hierarchy
-from hierclr.methods.contrastive_step import embed_pass, hcsc_train_step
 from hierclr.eval.knn import knn_accuracy_from_topk, knn_topk, merge_topk
 from hierclr.eval.selection_quality import SelectionCounter, selection_metrics
+from hierclr.io.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hierclr.io.fs import resolve
 from hierclr.losses import HCSCObjective, PCLObjective
+from hierclr.methods.contrastive_step import embed_pass, hcsc_train_step
 from hierclr.models import MoCo
+from hierclr.runtime.artifacts import log_curves, log_hierarchy
+from hierclr.runtime.faults import trigger
+from hierclr.runtime.metrics import MetricAverager, sum_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,6 @@ class RunContext:
     mlflow_run_id: str | None
     resume_from: str | None = None
     stop_after_epoch: int | None = None
-    inject_failure: dict | None = None  # tests: {"epoch": e, "rank": r, "marker": path} raises once
     level_map: list | None = None  # (C, L): class c's label at every hierarchy level; None: unlabelled data
     stop_board: str | None = None  # sweep trials: the early-stopping board (hierclr.runtime.early_stop)
     stop_key: str | None = None  # ... and this trial's id on it
@@ -288,7 +286,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                       selection=selection)
             avg.add(metrics)
             steps += 1
-            _maybe_fail(run, epoch, rank, steps)
+            trigger("train_step", epoch=epoch, rank=rank, step=steps)  # tests' fault plan
         train_seconds = time.perf_counter() - t2
         row.update(avg.mean())
         if selection is not None:
@@ -386,15 +384,3 @@ def restore_state(run) -> TrainingState | None:
     if run.resume_from:
         return load_checkpoint(run.resume_from)
     return None
-
-
-def _maybe_fail(run: RunContext, epoch: int, rank: int, step: int) -> None:
-    """Test hook: raise once (a marker file remembers) in the given epoch on the given rank."""
-    f = run.inject_failure
-    if not f or f["epoch"] != epoch or f["rank"] != rank or step != f.get("step", 1):
-        return
-    marker = Path(f["marker"])
-    if marker.exists():
-        return
-    marker.write_text(f"failed once at epoch {epoch} rank {rank} pid {os.getpid()}\n")
-    raise RuntimeError(f"injected worker failure (epoch {epoch}, rank {rank})")

@@ -20,14 +20,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hierclr.io.fs import resolve
+from hierclr.config.supervised import SupervisedConfig
 from hierclr.data.streams import finish_views
 from hierclr.data.transforms import MultiViewAugment
+from hierclr.eval.hierarchical import hierarchy_metrics, parent_tables
 from hierclr.io.checkpoint import TrainingState, set_rng_state
-from hierclr.runtime.metrics import MetricAverager
-from hierclr.runtime.artifacts import log_curves
-from hierclr.config.supervised import SupervisedConfig
+from hierclr.io.fs import resolve
 from hierclr.methods.supervised_step import finetune_loss, hcal_step_loss, predict
+from hierclr.models.classifiers import HCALNet, SupervisedNet
+from hierclr.runtime.artifacts import log_curves
+from hierclr.runtime.metrics import MetricAverager
 from hierclr.runtime.worker import (
     eval_batches,
     gather_objects,
@@ -36,8 +38,6 @@ from hierclr.runtime.worker import (
     step_generator,
     stopped_by_sweep,
 )
-from hierclr.eval.hierarchical import hierarchy_metrics, parent_tables
-from hierclr.models.classifiers import HCALNet, SupervisedNet
 
 
 @dataclass(frozen=True)

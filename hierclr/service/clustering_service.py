@@ -56,15 +56,14 @@ from hierclr.clustering.flat import flat_multi_kmeans, flat_prototypes, validate
 from hierclr.clustering.hierarchical import build_hierarchy, hierarchical_kmeans
 from hierclr.clustering.kmeans import KMeansResult, lloyd_partial_sums, nearest_centroid
 from hierclr.clustering.prototypes import Prototypes
-from hierclr.config.sections_math import ClusteringConfig
 from hierclr.config.pretrain import ClusteringServiceSection
+from hierclr.config.sections_math import ClusteringConfig
+from hierclr.runtime.faults import trigger
 from hierclr.runtime.ray_start import OWN_RESOURCES
 
 log = logging.getLogger(__name__)
 
 ClusteringMethod = Literal["hcsc", "pcl"]
-# Methods of a K-means actor at which a test can make it crash (see ClusteringService.inject_fault).
-FAULT_POINTS = ("load", "partial_sums", "assign", "cluster", "build")
 
 
 class ClusteringFailedError(RuntimeError):
@@ -164,21 +163,14 @@ class KMeansActor:
         torch.set_num_threads(max(1, num_threads))
         self.index = index
         self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
-        self._crash_in: str | None = None
         self.release()
 
-    # -- housekeeping and the test hook
+    # -- housekeeping
     def ping(self) -> int:
         return os.getpid()
 
-    def arm_crash(self, method: str) -> None:
-        """Test hook: ``os._exit(1)`` at the next call of ``method`` (state is lost on restart: once)."""
-        self._crash_in = method
-
-    def _maybe_crash(self, method: str) -> None:
-        if self._crash_in == method:
-            log.warning("K-means actor %d: crashing in %s as requested by a test", self.index, method)
-            os._exit(1)
+    def _fault_point(self, method: str) -> None:
+        trigger("kmeans_actor", actor=self.index, method=method)  # tests' fault plan (hierclr.runtime.faults)
 
     def release(self) -> None:
         """Forget the epoch's rows (called after every E-step so features do not stay in memory)."""
@@ -193,7 +185,7 @@ class KMeansActor:
         """Fetch this actor's ``(ids, features)`` shards from the object store (owned by the workers).
         Returns each shard's ids and feature dimension, for the coordinator's checks (when the
         dimensions disagree nothing is kept: the coordinator raises)."""
-        self._maybe_crash("load")
+        self._fault_point("load")
         self.release()
         shards = ray.get(list(shard_refs))
         ids = [np.array(i, np.int64) for i, _ in shards]  # copies
@@ -226,14 +218,14 @@ class KMeansActor:
         return np.nonzero(hit)[0], self._x[rows].cpu().numpy()
 
     def partial_sums(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        self._maybe_crash("partial_sums")
+        self._fault_point("partial_sums")
         x = self._x if self._subset_rows is None else self._x[self._subset_rows]
         sums, counts, obj = lloyd_partial_sums(x, torch.from_numpy(centroids).to(self.device))
         return sums.cpu().numpy(), counts.cpu().numpy(), float(obj)
 
     def assign(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centroid of each of this actor's rows, in its own row order."""
-        self._maybe_crash("assign")
+        self._fault_point("assign")
         d2, idx = nearest_centroid(self._x, torch.from_numpy(centroids).to(self.device))
         return d2.cpu().numpy(), idx.cpu().numpy()
 
@@ -241,7 +233,7 @@ class KMeansActor:
     @ray.method(num_returns=2)
     def cluster(self, job: _Job, epoch: int) -> tuple[Prototypes, tuple[LevelStats, ...]]:
         """Single-actor E-step over every row this actor holds (all of them)."""
-        self._maybe_crash("cluster")
+        self._fault_point("cluster")
         order = np.argsort(self._positions)
         x, ids = self._x[torch.from_numpy(order).to(self.device)], self._ids[order]
         cfg = job.clustering
@@ -262,7 +254,7 @@ class KMeansActor:
         self, job: _Job, level0: Sequence[KMeansResult], ids: np.ndarray, epoch: int
     ) -> tuple[Prototypes, tuple[LevelStats, ...]]:
         """Prototypes from distributed level-0 results: the tree above (hcsc) or the flat pack (pcl)."""
-        self._maybe_crash("build")
+        self._fault_point("build")
         cfg = job.clustering
         if job.method == "pcl":
             protos = flat_prototypes(level0, temperature=cfg.temperature, smooth=cfg.smooth, epoch=epoch)
@@ -358,7 +350,6 @@ class EStepCoordinator:
         self._cond = threading.Condition()
         self._rounds: dict[int, _Round] = {}
         self._estep_lock = threading.Lock()
-        self._faults: dict[int, list[str]] = {}
 
     def ping(self) -> bool:
         return True
@@ -367,15 +358,6 @@ class EStepCoordinator:
         """Unfinished rounds: ``{epoch: (ranks that submitted, world_size)}`` (diagnostics, tests)."""
         with self._cond:
             return {e: (sorted(r.refs), r.world_size) for e, r in self._rounds.items() if not r.done}
-
-    def inject_fault(self, actor: int, method: str, times: int = 1) -> None:
-        """Test hook: K-means actor ``actor`` crashes in ``method`` during each of the next ``times`` attempts."""
-        if method not in FAULT_POINTS:
-            raise ValueError(f"inject_fault: method must be one of {FAULT_POINTS}, got {method!r}")
-        if not 0 <= actor < len(self._actors):
-            raise ValueError(f"inject_fault: actor must be in [0, {len(self._actors)}), got {actor}")
-        with self._cond:
-            self._faults.setdefault(actor, []).extend([method] * times)
 
     # -- rounds
     def submit(self, epoch: int, rank: int, world_size: int, shard: list) -> tuple[list, EStepStats]:
@@ -469,15 +451,9 @@ class EStepCoordinator:
         """Block until every actor answers (a restarting actor queues the call; a dead one raises)."""
         ray.get([a.ping.options(max_task_retries=-1).remote() for a in self._actors])
 
-    def _arm_faults(self) -> None:
-        with self._cond:
-            armed = [(i, m.pop(0)) for i, m in self._faults.items() if m]
-        ray.get([self._actors[i].arm_crash.remote(method) for i, method in armed])
-
     def _attempt(self, epoch: int, refs: list, attempt: int) -> tuple[object, EStepStats]:
         job = self._job
         t0 = time.perf_counter()
-        self._arm_faults()
         active = self._actors[: min(len(self._actors), len(refs))]
         ranks = [list(range(a, len(refs), len(active))) for a in range(len(active))]
         loaded = ray.get([act.load.remote([refs[r] for r in rs]) for act, rs in zip(active, ranks)])
@@ -627,11 +603,6 @@ class ClusteringService:
 
     def client(self) -> ClusteringClient:
         return ClusteringClient(self.coordinator)
-
-    def inject_fault(self, actor: int, method: str, times: int = 1) -> None:
-        """Test hook: actor ``actor`` exits (``os._exit(1)``) in ``method`` in each of the next ``times``
-        E-step attempts; ``method`` one of :data:`FAULT_POINTS`."""
-        ray.get(self.coordinator.inject_fault.remote(actor, method, times))
 
     def shutdown(self) -> None:
         """Kill the coordinator and the K-means actors (no restart)."""

@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
+from hierclr.data.manifest import Manifest
 from hierclr.io.errors import DataFormatError
 from hierclr.io.fs import Location
-from hierclr.data.manifest import Manifest
 
 COLUMNS = ("id", "key", "label", "image")
 

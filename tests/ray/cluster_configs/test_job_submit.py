@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hierclr.config.pretrain import list_presets, load_config
 from hierclr.config.evaluate import list_evaluate_presets
+from hierclr.config.pretrain import list_presets, load_config
 from hierclr.config.supervised import list_supervised_presets
 from hierclr.config.sweep import list_sweep_presets
 

@@ -17,8 +17,8 @@ from sklearn.datasets import load_digits
 from hierclr.data import builtin
 from hierclr.data.builtin import BUILTIN_DATASETS, DIGITS_ROWS, is_builtin, materialize_builtin
 from hierclr.data.decode import decode_rgb
-from hierclr.io.errors import DataFormatError
 from hierclr.data.source import open_source
+from hierclr.io.errors import DataFormatError
 
 SHAPE_GROUP = {0: 0, 6: 0, 8: 0, 9: 0, 1: 1, 4: 1, 7: 1, 2: 2, 3: 2, 5: 2}  # loopy / straight / curvy
 

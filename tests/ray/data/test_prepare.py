@@ -20,9 +20,9 @@ from helpers.cifar_archives import write_cifar10_archive, write_cifar100_archive
 from helpers.image_files import make_image_folder
 from PIL import Image
 
-from hierclr.io.errors import DataFormatError
 from hierclr.data.prepare import PrepareConfig, prepare_data
 from hierclr.data.source import open_source
+from hierclr.io.errors import DataFormatError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from helpers.image_files import make_image_folder, write_tar_shards
 
-from hierclr.io.errors import DataFormatError
 from hierclr.data.formats.webdataset import expand_braces
-from hierclr.labels.hierarchy import LabelHierarchy
 from hierclr.data.source import open_source
+from hierclr.io.errors import DataFormatError
+from hierclr.labels.hierarchy import LabelHierarchy
 
 
 def _rows(src):

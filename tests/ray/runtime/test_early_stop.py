@@ -65,8 +65,8 @@ def test_board_actor_is_found_by_name(ray_session):
 
 
 def test_concurrency_is_capped_to_what_a_local_ray_holds(ray_session, monkeypatch):
-    from hierclr.runtime.sweep import _concurrency
     from hierclr.config.sweep import SweepConfig
+    from hierclr.runtime.sweep import _concurrency
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     sweep = SweepConfig.model_validate({"base": "demo", "max_concurrent_trials": 3,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from hierclr.io.checkpoint import TrainingState, save_checkpoint
-from hierclr.runtime.evaluate import run_evaluate
 from hierclr.config.evaluate import load_evaluate_config
+from hierclr.io.checkpoint import TrainingState, save_checkpoint
 from hierclr.models import MoCo
+from hierclr.runtime.evaluate import run_evaluate
 
 pytestmark = pytest.mark.timeout(900)
 

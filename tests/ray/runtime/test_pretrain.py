@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hierclr.io.checkpoint import checkpoints_in, load_checkpoint
 from hierclr.config.pretrain import load_config
+from hierclr.io.checkpoint import checkpoints_in, load_checkpoint
 from hierclr.runtime.driver import run_pretrain
 
 pytestmark = pytest.mark.timeout(900)
@@ -155,24 +155,24 @@ def test_resume_latest_records_each_epoch_once(ray_session, tmp_path, digits_cac
     assert client.get_run(second.mlflow_run_id).info.status == "FINISHED"
 
 
-def test_worker_failure_restarts_from_last_checkpoint(ray_session, tmp_path, digits_cache):
+def test_worker_failure_restarts_from_last_checkpoint(ray_session, tmp_path, digits_cache, fault_plan,
+                                                     fault_plan_file):
     cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=3", "checkpoint.max_failures=1")
-    marker = tmp_path / "failed-once"
-    result = run_pretrain(cfg, echo=lambda *a: None, _inject_failure={"epoch": 2, "rank": 1, "step": 2,
-                                                                     "marker": str(marker)})
-    assert marker.is_file()  # the failure did happen
+    fault_plan([{"point": "train_step", "epoch": 2, "rank": 1, "step": 2}])
+    result = run_pretrain(cfg, echo=lambda *a: None)
+    assert Path(f"{fault_plan_file}.0.0").is_file()  # the failure did happen
     assert [int(r["epoch"]) for r in result.history] == [0, 1, 2]
     client = _mlflow(cfg)
     assert _steps(client, result.mlflow_run_id, "loss/total") == [0, 1, 2]
 
 
-def test_worker_failure_without_retries_fails_the_run(ray_session, tmp_path, digits_cache):
+def test_worker_failure_without_retries_fails_the_run(ray_session, tmp_path, digits_cache, fault_plan):
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=2", "loss.warmup_epochs=2", "eval.every=0")
-    with pytest.raises(TrainingFailedError, match="injected worker failure"):
-        run_pretrain(cfg, echo=lambda *a: None,
-                     _inject_failure={"epoch": 0, "rank": 0, "marker": str(tmp_path / "m")})
+    fault_plan([{"point": "train_step", "epoch": 0, "rank": 0, "step": 1}])
+    with pytest.raises(TrainingFailedError, match="injected fault at train_step"):
+        run_pretrain(cfg, echo=lambda *a: None)
 
 
 def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache):
@@ -187,9 +187,10 @@ def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache)
     assert load_checkpoint(result.checkpoint).prototypes.sizes == (8, 20)
 
 
-def test_clustering_actor_killed_during_estep_is_restarted(ray_session, tmp_path, digits_cache):
+def test_clustering_actor_killed_during_estep_is_restarted(ray_session, tmp_path, digits_cache, fault_plan):
     cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=2", "eval.every=0", "tracking.log_models=false")
-    result = run_pretrain(cfg, echo=lambda *a: None, _inject_actor_fault=(0, "cluster"))
+    fault_plan([{"point": "kmeans_actor", "actor": 0, "method": "cluster", "action": "exit"}])
+    result = run_pretrain(cfg, echo=lambda *a: None)
     h = result.history
     assert [int(r["epoch"]) for r in h] == [0, 1]
     assert h[1]["cluster/attempts"] == 2  # the first attempt died with the actor, the retry finished the epoch

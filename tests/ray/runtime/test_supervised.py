@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hierclr.io.checkpoint import TrainingState, load_checkpoint, save_checkpoint
-from hierclr.runtime.driver_supervised import run_supervised
 from hierclr.config.supervised import load_supervised_config
+from hierclr.io.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from hierclr.models import MoCo
+from hierclr.runtime.driver_supervised import run_supervised
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -90,8 +90,8 @@ def test_sweep_over_finetune_losses(ray_session, tmp_path, digits_cache):
     """``hierclr sweep`` with ``command: finetune``: one trial per loss, nested MLflow runs, best config loadable."""
     import yaml
 
-    from hierclr.runtime.sweep import run_sweep
     from hierclr.config.sweep import load_sweep
+    from hierclr.runtime.sweep import run_sweep
 
     tree = {"name": "losses", "command": "finetune", "base": "digits-finetune", "metric": "acc/top1", "mode": "max",
             "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}, "storage_path": str(tmp_path / "sweeps"),

@@ -15,8 +15,8 @@ import yaml
 from PIL import Image
 
 from hierclr.config.pretrain import load_config
-from hierclr.runtime.sweep import run_sweep
 from hierclr.config.sweep import load_sweep
+from hierclr.runtime.sweep import run_sweep
 
 pytestmark = pytest.mark.timeout(1200)
 

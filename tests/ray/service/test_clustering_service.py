@@ -13,6 +13,7 @@ import torch
 from conftest import planted_hierarchy
 
 from hierclr.clustering import distributed_kmeans, flat_multi_kmeans, hierarchical_kmeans, kmeans
+from hierclr.config.pretrain import ClusteringServiceSection
 from hierclr.config.sections_math import ClusteringConfig
 from hierclr.service.clustering_service import (
     ActorShards,
@@ -22,7 +23,6 @@ from hierclr.service.clustering_service import (
     KMeansActor,
     connect,
 )
-from hierclr.config.pretrain import ClusteringServiceSection
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -156,12 +156,12 @@ def test_two_actor_service_equals_torch_clustering(ray_session, data, method):
 
 
 # ------------------------------------------------------------------------------------------------ (c)
-def test_an_actor_crash_is_retried_once(ray_session, data):
+def test_an_actor_crash_is_retried_once(ray_session, data, fault_plan):
     x_sorted, shards = data
     svc, _ = start(ray_session, num_actors=2, backend="torch")
     try:
         pid = ray_session.get(svc.actors[1].ping.remote())
-        svc.inject_fault(1, "partial_sums")  # actor 1 exits in the middle of the Lloyd iterations
+        fault_plan([{"point": "kmeans_actor", "actor": 1, "method": "partial_sums", "action": "exit"}])  # mid-Lloyd
         (p, stats), (p1, _) = run_ranks(svc.name, 5, shards)
         assert ray_session.get(svc.actors[1].ping.remote()) != pid  # restarted
         assert stats.attempts == 2
@@ -174,11 +174,11 @@ def test_an_actor_crash_is_retried_once(ray_session, data):
         svc.shutdown()
 
 
-def test_a_second_failure_ends_the_estep_with_a_clear_error(ray_session, data):
+def test_a_second_failure_ends_the_estep_with_a_clear_error(ray_session, data, fault_plan):
     _, shards = data
     svc, _ = start(ray_session, num_actors=2)
     try:
-        svc.inject_fault(1, "load", times=2)
+        fault_plan([{"point": "kmeans_actor", "actor": 1, "method": "load", "action": "exit", "times": 2}])
         errors = run_ranks(svc.name, 2, shards)
     finally:
         svc.shutdown()

@@ -14,8 +14,8 @@ from hierclr.data.builtin import materialize_builtin
 from hierclr.data.decode import decode_rgb
 from hierclr.data.fetch import fetch_images, fetch_rows
 from hierclr.data.formats.webdataset import index_shard, list_tar_shards, tar_units
-from hierclr.io.fs import resolve
 from hierclr.data.source import ShardSource, open_source
+from hierclr.io.fs import resolve
 
 
 @pytest.fixture(scope="module")

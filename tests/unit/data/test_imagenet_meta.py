@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from hierclr.io.errors import DataFormatError
 from hierclr.data.imagenet_meta import (
     parse_class_index,
     parse_file_list,
@@ -12,6 +11,7 @@ from hierclr.data.imagenet_meta import (
     read_file_list,
     read_val_annotations,
 )
+from hierclr.io.errors import DataFormatError
 
 KAGGLE = """ImageId,PredictionString
 ILSVRC2012_val_00008726,n02119789 255 142 454 329 n02119789 44 21 322 295

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from hierclr.clustering.prototypes import Prototypes, compose_assignments
+from hierclr.config.pretrain import load_config
 from hierclr.io.checkpoint import (
     MARKER,
     TrainingState,
@@ -23,7 +24,6 @@ from hierclr.io.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from hierclr.config.pretrain import load_config
 from hierclr.models import MoCo
 
 

@@ -5,11 +5,11 @@ import torch.nn.functional as F
 
 from hierclr.clustering import Prototypes, compose_assignments, hierarchical_kmeans
 from hierclr.config.sections_math import HCSCLossConfig
-from hierclr.methods.contrastive_step import embed_features, hcsc_train_step
-from hierclr.runtime.local import eval_transform, moco_v2_augment, synthetic_images
 from hierclr.eval.selection_quality import COUNT_NAMES, SelectionCounter, selection_counts
 from hierclr.losses import HCSCObjective
+from hierclr.methods.contrastive_step import embed_features, hcsc_train_step
 from hierclr.models import MoCo
+from hierclr.runtime.local import eval_transform, moco_v2_augment, synthetic_images
 
 
 def test_tiny_hcsc_run_reduces_the_loss():

@@ -14,9 +14,9 @@ from torchvision.models import resnet18
 
 from hierclr.cli import main
 from hierclr.io.checkpoint import TrainingState, save_checkpoint
-from hierclr.models.export import export_backbone, infer_resnet, sidecar_path
 from hierclr.models import MoCo, build_backbone
 from hierclr.models.classifiers import SupervisedNet
+from hierclr.models.export import export_backbone, infer_resnet, sidecar_path
 from hierclr.models.loading import CheckpointMismatchError
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from hierclr.io.checkpoint import TrainingState, save_checkpoint
 from hierclr.config.pretrain import TrackingSection
-from hierclr.runtime.tracking import Tracker
-from hierclr.models.export import export_backbone
+from hierclr.io.checkpoint import TrainingState, save_checkpoint
 from hierclr.models import MoCo, build_backbone
+from hierclr.models.export import export_backbone
 from hierclr.models.loading import load_backbone, parse_mlflow_source, read_source
+from hierclr.runtime.tracking import Tracker
 
 
 def _trunk(seed: int) -> torch.nn.Module:

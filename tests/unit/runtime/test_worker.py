@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from hierclr.clustering import Prototypes, compose_assignments
 from hierclr.config.pretrain import load_config
+from hierclr.eval import knn_accuracy
+from hierclr.losses import HCSCObjective, PCLObjective
 from hierclr.runtime.metrics import MetricAverager, sum_over_ranks
 from hierclr.runtime.worker import (
     build_model,
@@ -24,8 +26,6 @@ from hierclr.runtime.worker import (
     step_generator,
     uses_prototypes,
 )
-from hierclr.eval import knn_accuracy
-from hierclr.losses import HCSCObjective, PCLObjective
 
 CPU = torch.device("cpu")
 
