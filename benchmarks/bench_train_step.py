@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from hierclr.clustering.prototypes import Prototypes, compose_assignments
-from hierclr.config.sections_math import HCSCLossConfig
+from hierclr.config.pretrain import HCSCLossConfig
 from hierclr.losses import HCSCObjective
 from hierclr.methods.contrastive_step import hcsc_train_step
 from hierclr.models import MoCo

@@ -98,7 +98,8 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from hierclr.config.pretrain import list_presets, load_config
+    from hierclr.config.loader import list_presets
+    from hierclr.config.pretrain import load_config
 
     if args.list_presets:
         print("\n".join(list_presets()))

@@ -8,38 +8,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from hierclr.config.pretrain import (
-    PRESET_DIR,
-    DataSection,
-    ResourcesSection,
-    TrackingSection,
-    _describe,
-    _read_yaml,
-    _Section,
-    apply_override,
-    list_presets,
-)
+from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
+from hierclr.config.sections import DataSection, ResourcesSection, TrackingSection
 
 EVALUATE_PRESET_DIR = PRESET_DIR / "evaluate"
 Protocol = Literal["knn", "linear", "semi", "clustering", "hierarchy"]
 
 
-class EvalModelSection(_Section):
+class EvalModelSection(Section):
     backbone: Literal["resnet10", "resnet18", "resnet50"] = "resnet50"
     cifar_stem: bool = False
 
 
-class KNNProtocol(_Section):
+class KNNProtocol(Section):
     ks: tuple[int, ...] = (10, 20, 100, 200)
     temperature: float = Field(0.07, gt=0)
     backend: Literal["torch", "faiss"] = Field("faiss", description="neighbour search (faiss: IndexFlatIP, chunked)")
     chunk_size: int = Field(1024, ge=1, description="val rows searched at once")
 
 
-class ClusteringProtocol(_Section):
+class ClusteringProtocol(Section):
     ks: tuple[int, ...] | None = Field(None, description="K values; null: the number of classes and "
                                                          "overcluster x that")
     overcluster: int = Field(10, ge=2)
@@ -47,13 +37,13 @@ class ClusteringProtocol(_Section):
     split: Literal["train", "val"] = Field("val", description="which split's features are clustered")
 
 
-class HierarchyProtocol(_Section):
+class HierarchyProtocol(Section):
     prototypes: bool = Field(True, description="also score the checkpoint's own hierarchical prototypes (when it "
                                                "has them and data.train is the split they were computed on)")
     max_samples: int | None = Field(50_000, ge=100)
 
 
-class TrainedProtocol(_Section):
+class TrainedProtocol(Section):
     """A protocol that trains (linear probe, semi-supervised fine-tuning): a ``hierclr finetune`` run from a
     supervised preset, with the encoder as ``model.init``, nested in MLflow under the evaluation run."""
 
@@ -65,7 +55,7 @@ class SemiProtocol(TrainedProtocol):
     fractions: tuple[float, ...] = Field((0.01, 0.1), description="label fractions (seeded, per class)")
 
 
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     name: str = "hierclr-eval"
     source: str = Field(..., description="hierclr checkpoint / run dir / best_encoder.pt, torchvision state dict, "
                                          "official MoCo-style checkpoint, or mlflow:<run id>")
@@ -95,9 +85,6 @@ class EvaluateConfig(_Section):
             raise ValueError("data.val is required: every protocol reports on a labelled val split")
         return self
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
 
 def list_evaluate_presets() -> list[str]:
     return list_presets(EVALUATE_PRESET_DIR)
@@ -105,10 +92,4 @@ def list_evaluate_presets() -> list[str]:
 
 def load_evaluate_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
                          ) -> EvaluateConfig:
-    tree = _read_yaml(source, EVALUATE_PRESET_DIR) if source is not None else {}
-    for o in overrides:
-        apply_override(tree, o)
-    try:
-        return EvaluateConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ValueError(_describe(e, source)) from None
+    return validate(EvaluateConfig, load_tree(source, overrides, EVALUATE_PRESET_DIR), source)

@@ -1,49 +1,58 @@
-"""The pretraining config: one typed, validated tree, loaded from a preset or YAML file plus dotted overrides.
+"""The config of ``hierclr pretrain``: HCSC (with the ablation switches of paper Table 5), MoCo v2 and PCL v2.
 
-``hierclr pretrain --config cifar100-r18 --set optim.epochs=10 --set clustering.sizes=[100,50]``:
-the preset (``hierclr/presets/<name>.yaml``) or a YAML file is read, each ``--set`` replaces one leaf
-(its value parsed as YAML), then pydantic validates the whole tree; a bad value fails here, naming the
-field, before Ray starts.
+Loaded by :func:`load_config` through :mod:`hierclr.config.loader` (preset or file, ``base:``, ``--set``).
+``compat: official`` (the default) reproduces the authors' code; ``compat: paper`` switches the documented
+differences to the paper's reading (see :meth:`PretrainConfig._compat`).
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from hierclr.config.sections_math import ClusteringConfig, HCSCLossConfig, ModelConfig
-from hierclr.data.transforms import TransformConfig
+from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
+from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
+from hierclr.config.sections import CheckpointSection, DataSection, OptimSection, ResourcesSection, TrackingSection
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 Method = Literal["hcsc", "moco", "pcl"]
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class DataSection(_Section):
-    """Where the images are and how the two streams decode and augment them."""
-
-    train: str = Field("builtin://digits/train", description="training shards: path, s3:// or gs:// URI, or builtin://")
-    val: str | None = Field("builtin://digits/val", description="labelled split for kNN monitoring; null: none")
-    format: Literal["auto", "parquet", "webdataset", "imagefolder"] = "auto"
-    hierarchy: str | None = Field(None, description="label hierarchy file (JSON or edge list) for non-parquet data")
-    transforms: Literal["imagenet", "imagenet_multicrop", "cifar", "imagenet_linear", "cifar_linear"] = "cifar"
-    augment_on: Literal["cpu", "device"] = "cpu"
-    decode_batch_size: int = Field(64, ge=1, description="rows decoded and augmented together in one Ray Data task")
-    num_cpus: int = Field(1, ge=1, description="CPU budget of each Ray Data stream")
-    max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0)
-    builtin_cache: str = Field("~/.cache/hierclr/builtin", description="where builtin:// datasets are written once")
-
-    def transform_config(self) -> TransformConfig:
-        return TransformConfig.preset(self.transforms)
+# compat: paper -> these values, unless the file or an override sets them (paper Eq. 6, Sec. 5.1)
+PAPER_COMPAT = {"loss": {"negative_drop": "remove", "instance_level_reduction": "mean"},
+                "clustering": {"min_cluster_size": 10}}
 
 
-class PCLSection(_Section):
+class ModelConfig(Section):
+    backbone: Literal["resnet10", "resnet18", "resnet50"] = "resnet50"
+    cifar_stem: bool = False
+    dim: int = Field(128, ge=1)
+    hidden_dim: int | None = Field(None, ge=1)
+    queue_size: int = Field(16384, ge=1)
+    momentum: float = Field(0.999, ge=0.0, le=1.0)
+
+
+class HCSCLossConfig(Section):
+    """The HCSC objective: loss options and the ablation switches of paper Table 5."""
+
+    temperature: float = Field(0.2, gt=0, description="instance temperature T")
+    negative_drop: Literal["zero", "remove"] = "zero"
+    instance_level_reduction: Literal["sum", "mean"] = "sum"
+    warmup_epochs: int = Field(20, ge=0, description="epochs of plain InfoNCE before clustering starts")
+    hierarchical_prototypes: bool = Field(True, description="HP: all levels (False: level 0 only)")
+    instance_loss: bool = Field(True, description="IL")
+    prototype_loss: bool = Field(True, description="PL")
+    instance_selection: bool = Field(True, description="IS")
+    prototype_selection: bool = Field(True, description="PS")
+    selection_on_local: bool = Field(True, description="multi-crop: local views reuse the instance masks")
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> HCSCLossConfig:
+        if not (self.instance_loss or self.prototype_loss):
+            raise ValueError("instance_loss and prototype_loss are both off: the objective would be empty")
+        return self
+
+
+class PCLSection(Section):
     """PCL v2 baseline (``method: pcl``): flat K-means at several granularities, ProtoNCE."""
 
     num_clusters: tuple[int, ...] = (25000, 50000, 100000)
@@ -57,61 +66,7 @@ class PCLSection(_Section):
         return v
 
 
-class OptimSection(_Section):
-    """SGD with a per-epoch cosine schedule; ``lr = base_lr * global_batch / 256`` (linear scaling)."""
-
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(256, ge=1, description="global batch (split equally across workers)")
-    base_lr: float = Field(0.03, gt=0, description="lr for a global batch of 256")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    amp: bool = Field(False, description="bf16 autocast on GPUs (off: exact fp32 reproduction)")
-    channels_last: bool = Field(False, description="channels_last memory format on GPUs")
-
-    @property
-    def lr(self) -> float:
-        return self.base_lr * self.batch_size / 256
-
-
-class ClusteringServiceSection(_Section):
-    """The Ray actor pool that runs the E-step's K-means."""
-
-    num_actors: int = Field(1, ge=1, description=">1: level-0 K-means as distributed Lloyd over the actors")
-    cpus_per_actor: float = Field(1.0, ge=0)
-    gpus_per_actor: float = Field(0.0, ge=0, description="0: CPU actors (faiss CPU); >0 and GPUs present: GPU")
-    max_restarts: int = Field(1, ge=0, description="restarts of a failed actor; the E-step is retried once")
-
-
-class ResourcesSection(_Section):
-    """Ray resources. ``address`` None: join ``RAY_ADDRESS`` if set, else start a local Ray."""
-
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(1.0, ge=0)
-    local_num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a locally started Ray")
-    address: str | None = None
-
-
-class CheckpointSection(_Section):
-    every: int = Field(1, ge=1, description="checkpoint every N epochs (and always after the last)")
-    keep: int | None = Field(3, ge=1, description="checkpoints kept (the best by kNN and the latest are extra)")
-    storage_path: str = Field("./hierclr_runs", description="Ray Train storage (local dir, s3://, gs://)")
-    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint (-1: forever)")
-
-
-class TrackingSection(_Section):
-    enabled: bool = True
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (default: embedded local store)")
-    experiment: str = "hierclr"
-    log_models: bool = Field(True, description="log the best and last encoder as MLflow PyTorch models")
-    hierarchy_every: int = Field(1, ge=0, description="log the prototype tree (JSON) and per-level cluster-size "
-                                                      "histograms every N E-step epochs (0: only at the end)")
-    chain_grids: int = Field(2, ge=0, description="image grids of prototype chains (finest to coarsest) at the end")
-
-
-class EvalSection(_Section):
+class EvalSection(Section):
     every: int = Field(1, ge=0, description="kNN on the val split every N epochs (0: never); always at the end")
     ks: tuple[int, ...] = (10, 20, 100, 200)
     temperature: float = Field(0.07, gt=0)
@@ -124,7 +79,7 @@ class EvalSection(_Section):
                                                       "labels")
 
 
-class PretrainConfig(_Section):
+class PretrainConfig(Section):
     """Everything ``hierclr pretrain`` needs. ``method``: ``hcsc`` (with the Table 5 switches in
     ``loss``), ``moco`` (MoCo v2, no clustering) or ``pcl`` (PCL v2, flat multi-K ProtoNCE)."""
 
@@ -143,6 +98,20 @@ class PretrainConfig(_Section):
     checkpoint: CheckpointSection = CheckpointSection()
     tracking: TrackingSection = TrackingSection()
     eval: EvalSection = EvalSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compat(cls, tree: Any) -> Any:
+        """``compat: paper``: remove dropped negatives, mean over instance levels (Eq. 6), drop clusters under
+        10 images (Sec. 5.1); values given explicitly win. The one place the rule is coded."""
+        if not isinstance(tree, dict) or tree.get("compat") != "paper":
+            return tree
+        tree = dict(tree)
+        for section, values in PAPER_COMPAT.items():
+            given = tree.get(section) or {}
+            given = given.model_dump() if hasattr(given, "model_dump") else dict(given)
+            tree[section] = {**values, **given}
+        return tree
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
@@ -164,99 +133,11 @@ class PretrainConfig(_Section):
     def uses_clustering(self) -> bool:
         return self.method in ("hcsc", "pcl")
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-# ------------------------------------------------------------------------------------------- loading
-def list_presets(preset_dir: Path = PRESET_DIR) -> list[str]:
-    return sorted(p.stem for p in preset_dir.glob("*.yaml"))
-
-
-def _read_yaml(source: str | Path, preset_dir: Path = PRESET_DIR) -> dict:
-    path = Path(source)
-    if not path.suffix and (preset_dir / f"{source}.yaml").is_file():
-        path = preset_dir / f"{source}.yaml"
-    if not path.is_file():
-        raise ValueError(f"config {str(source)!r} is neither a file nor a preset (presets: "
-                         f"{', '.join(list_presets(preset_dir))})")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"config {path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config {path}: the top level must be a mapping, got {type(data).__name__}")  # noqa: TRY004  user input
-    base = data.pop("base", None)  # presets may extend another preset
-    if base is not None:
-        return _merge(_read_yaml(base, preset_dir), data)
-    return data
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def apply_override(tree: dict, assignment: str) -> dict:
-    """``a.b.c=value`` -> ``tree['a']['b']['c'] = yaml(value)``; unknown keys are caught by validation."""
-    if "=" not in assignment:
-        raise ValueError(f"--set expects key=value, got {assignment!r}")
-    key, raw = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ValueError(f"--set: bad key {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ValueError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from None
-    node = tree
-    for p in parts[:-1]:
-        child = node.get(p)
-        if child is None:
-            child = node[p] = {}
-        if not isinstance(child, dict):
-            raise ValueError(f"--set {key}: {p!r} is a value, not a section")  # noqa: TRY004  user input
-        node = child
-    node[parts[-1]] = value
-    return tree
-
 
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
-    """Preset name or YAML path (None: all defaults) + ``key=value`` overrides -> validated config.
-
-    ``compat: paper`` switches the documented differences (see :meth:`hierclr.config.sections_math.HCSCConfig.preset`)
-    unless the file or an override sets them explicitly."""
-    tree = _read_yaml(source) if source is not None else {}
-    for o in overrides:
-        apply_override(tree, o)
-    if tree.get("compat") == "paper":
-        tree["loss"] = {"negative_drop": "remove", "instance_level_reduction": "mean", **(tree.get("loss") or {})}
-        tree["clustering"] = {"min_cluster_size": 10, **(tree.get("clustering") or {})}
-    try:
-        return PretrainConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ValueError(_describe(e, source)) from None
+    """Preset name or YAML path (None: all defaults) + ``key=value`` overrides -> validated config."""
+    return validate(PretrainConfig, load_tree(source, overrides), source)
 
 
-def _describe(e: ValidationError, source) -> str:
-    lines = [f"invalid config{f' {source}' if source else ''}:"]
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(
-            err["input"], dict) else ""))
-    return "\n".join(lines)
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{'a': {'b': 1}} -> {'a.b': 1}``; lists and tuples stay values (MLflow params are flat)."""
-    if isinstance(tree, BaseModel):
-        tree = tree.model_dump(mode="json")
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
-    return out
+__all__ = ["PRESET_DIR", "ClusteringConfig", "ClusteringServiceSection", "EvalSection", "HCSCLossConfig", "Method",
+           "ModelConfig", "PCLSection", "PretrainConfig", "list_presets", "load_config"]

@@ -1,6 +1,6 @@
 """The config of the supervised modes: ``hierclr finetune`` (CE, SupCon, CLCE, VarCon) and ``hierclr hcal``.
 
-Same shape and loading rules as the pretraining config (:mod:`hierclr.config.pretrain`): a preset
+Same shape and loading rules as the pretraining config (:mod:`hierclr.config.loader`): a preset
 (``hierclr/presets/supervised/<name>.yaml``) or YAML file, ``--set a.b=value`` overrides, one pydantic
 validation that names the bad field before Ray starts. The data, optimiser, resources, checkpoint and
 tracking sections are the pretraining ones, so runs of both kinds share storage, MLflow and sweeps.
@@ -10,29 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from hierclr.config.pretrain import (
-    PRESET_DIR,
-    CheckpointSection,
-    DataSection,
-    OptimSection,
-    ResourcesSection,
-    TrackingSection,
-    _describe,
-    _read_yaml,
-    _Section,
-    apply_override,
-    list_presets,
-)
+from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
+from hierclr.config.sections import CheckpointSection, DataSection, OptimSection, ResourcesSection, TrackingSection
 
 SUPERVISED_PRESET_DIR = PRESET_DIR / "supervised"
 Task = Literal["finetune", "hcal"]
 LossName = Literal["ce", "supcon", "clce", "varcon"]
 
 
-class SupervisedModelSection(_Section):
+class SupervisedModelSection(Section):
     """The network: a ResNet trunk, a projection head for the contrastive losses, a linear classifier.
 
     ``init``: where the trunk's starting weights come from: ``null`` (random), a torchvision ResNet state
@@ -54,7 +42,7 @@ class SupervisedModelSection(_Section):
                                                                       "(linear protocol: 0.01); null: PyTorch's")
 
 
-class SupervisedLossSection(_Section):
+class SupervisedLossSection(Section):
     """``finetune``'s objective. ``ce``: cross-entropy of the classifier. ``supcon`` (Khosla et al. 2020) and
     ``varcon`` (spec: VarCon) train the embedding; their classifier is an online linear probe on detached
     trunk features (solo-learn style), so accuracy is reported for every loss. ``clce`` =
@@ -82,7 +70,7 @@ class SupervisedLossSection(_Section):
         return 0.5 if self.name == "clce" else 0.1
 
 
-class HCALSection(_Section):
+class HCALSection(Section):
     """HCAL (spec: HCAL): level features, one learnable prototype per class per level, per-level InfoNCE,
     bottom-up aggregation, adaptive level weights. Levels are hierclr's (0 = finest = paper level 1)."""
 
@@ -126,7 +114,7 @@ class SupervisedOptimSection(OptimSection):
         return self
 
 
-class SubsetSection(_Section):
+class SubsetSection(Section):
     """Train on a label subset (semi-supervised protocol): ``fraction`` of every class, seeded (one extra read
     pass over the training split's labels), or the dataset ids in ``ids_file`` (a ``.npy``; what
     ``hierclr evaluate`` passes). File lists such as ``1percent.txt``: ``hierclr prepare-data --subset-file``."""
@@ -146,13 +134,13 @@ class SubsetSection(_Section):
         return self.fraction is not None or self.ids_file is not None
 
 
-class SupervisedEvalSection(_Section):
+class SupervisedEvalSection(Section):
     every: int = Field(1, ge=0, description="evaluate on the val split every N epochs (0: only at the end)")
     select: str | None = Field(None, description="metric that picks the best checkpoint (default acc/top1 for "
                                                  "finetune, acc/level0 for hcal)")
 
 
-class SupervisedConfig(_Section):
+class SupervisedConfig(Section):
     """Everything ``hierclr finetune`` / ``hierclr hcal`` need."""
 
     name: str = "hierclr-supervised"
@@ -202,26 +190,17 @@ class SupervisedConfig(_Section):
     def select_metric(self) -> str:
         return self.eval.select or ("acc/level0" if self.task == "hcal" else "acc/top1")
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
 
 def list_supervised_presets() -> list[str]:
     return list_presets(SUPERVISED_PRESET_DIR)
 
 
 def supervised_tree(source: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    tree = _read_yaml(source, SUPERVISED_PRESET_DIR) if source is not None else {}
-    for o in overrides:
-        apply_override(tree, o)
-    return tree
+    return load_tree(source, overrides, SUPERVISED_PRESET_DIR)
 
 
 def validate_supervised(tree: dict, where=None) -> SupervisedConfig:
-    try:
-        return SupervisedConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ValueError(_describe(e, where)) from None
+    return validate(SupervisedConfig, tree, where)
 
 
 def load_supervised_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,

@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from hierclr.config.pretrain import PRESET_DIR, PretrainConfig, _describe, _read_yaml, apply_override
+from hierclr.config.loader import PRESET_DIR, Section, apply_override, describe, read_yaml
+from hierclr.config.pretrain import PretrainConfig
 from hierclr.runtime.jobs import JOBS, Command, Job
 
 SWEEP_DIR = PRESET_DIR / "sweeps"
@@ -43,11 +44,7 @@ ALIASES = {"hierarchy.sizes": "clustering.sizes", "hierarchy.temperature": "clus
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Dimension(_Strict):
+class Dimension(Section):
     """One swept config field: exactly one of the sampling kinds."""
 
     grid: list[Any] | None = None
@@ -111,7 +108,7 @@ class Dimension(_Strict):
         return f"{kind} {getattr(self, kind)!r}" if kind != "value" else repr(self.value)
 
 
-class SchedulerSection(_Strict):
+class SchedulerSection(Section):
     type: Literal["asha", "fifo"] = "asha"
     time_attr: str = Field("epochs_done", description="progress measure ASHA compares (epochs completed)")
     grace_period: int = Field(1, ge=1, description="epochs every trial gets before it can be stopped")
@@ -120,7 +117,7 @@ class SchedulerSection(_Strict):
     max_t: int | None = Field(None, ge=1, description="default: the base config's optim.epochs")
 
 
-class SweepConfig(_Strict):
+class SweepConfig(Section):
     """A validated sweep: the base pretraining config, the space, Tune's options."""
 
     name: str = "sweep"
@@ -175,7 +172,7 @@ class SweepConfig(_Strict):
         return JOBS[self.command]
 
     def base_tree(self) -> dict:
-        tree = _read_yaml(self.base, self.job.preset_dir)
+        tree = read_yaml(self.base, self.job.preset_dir)
         for key, value in self.set.items():
             apply_override(tree, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
         return self.job.fix_tree(tree)
@@ -190,7 +187,7 @@ class SweepConfig(_Strict):
         try:
             return self.job.config_cls.model_validate(tree)
         except ValidationError as e:
-            raise ValueError(_describe(e, f"(sweep {self.name}, trial params {params})")) from None
+            raise ValueError(describe(e, f"(sweep {self.name}, trial params {params})")) from None
 
     def validate_space(self) -> PretrainConfig:
         """Check every listed value (each grid/choice value, both ends of each range) against the config;
@@ -264,4 +261,4 @@ def load_sweep(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     try:
         return SweepConfig.model_validate(tree)
     except ValidationError as e:
-        raise ValueError(_describe(e, path)) from None
+        raise ValueError(describe(e, path)) from None

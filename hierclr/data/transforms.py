@@ -25,10 +25,12 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvf
+
+from hierclr.config.loader import Section
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,10 +41,6 @@ _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 
 
 
 # --------------------------------------------------------------------------------------------------- config
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 def _check_scale(v: tuple[float, float]) -> tuple[float, float]:
@@ -59,7 +57,7 @@ def _check_positive_range(v: tuple[float, float], what: str) -> tuple[float, flo
     return v
 
 
-class CropSpec(_Section):
+class CropSpec(Section):
     """One extra (local) multi-crop view: output side ``size`` and area fraction range ``scale``."""
 
     size: int = Field(ge=1)
@@ -71,7 +69,7 @@ class CropSpec(_Section):
         return _check_scale(v)
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Training augmentation; defaults are the MoCo v2 ImageNet recipe (HCSC uses the same for global views)."""
 
     size: int = Field(224, ge=1, description="side of the two global crops")
@@ -137,7 +135,7 @@ class AugmentConfig(_Section):
         return int(0.1 * size) // 2 * 2 + 1
 
 
-class EvalTransformConfig(_Section):
+class EvalTransformConfig(Section):
     """Evaluation transform: resize the shorter side to ``resize``, then center-crop ``crop``."""
 
     resize: int = Field(256, ge=1)
@@ -169,7 +167,7 @@ _MULTICROP = (
 )
 
 
-class TransformConfig(_Section):
+class TransformConfig(Section):
     """Train augmentation plus eval transform."""
 
     train: AugmentConfig = AugmentConfig()

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from hierclr.clustering.prototypes import Prototypes
-from hierclr.config.sections_math import HCSCLossConfig
+from hierclr.config.pretrain import HCSCLossConfig
 from hierclr.losses.hcsc import icsc_loss, pcsc_loss
 from hierclr.losses.infonce import info_nce
 from hierclr.losses.protonce import proto_nce_loss

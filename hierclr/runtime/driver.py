@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hierclr.config.pretrain import PretrainConfig, flatten
+from hierclr.config.loader import flatten
+from hierclr.config.pretrain import PretrainConfig
 from hierclr.io.checkpoint import load_checkpoint
 from hierclr.io.fs import resolve
 from hierclr.runtime.runs import (

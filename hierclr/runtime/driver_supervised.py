@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hierclr.config.pretrain import flatten
+from hierclr.config.loader import flatten
 from hierclr.config.supervised import SupervisedConfig
 from hierclr.io.checkpoint import load_checkpoint
 from hierclr.io.fs import resolve

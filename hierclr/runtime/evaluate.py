@@ -204,7 +204,7 @@ def results_table(results: dict[str, float]) -> str:
 
 def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     """Evaluate ``cfg.source`` with ``cfg.protocols``; returns the results and where they were written."""
-    from hierclr.config.pretrain import flatten
+    from hierclr.config.loader import flatten
     from hierclr.data import open_source
     from hierclr.eval.protocols import clustering_protocol, hierarchy_protocol, knn_protocol
     from hierclr.io.atomic import write_atomic

@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from hierclr.config.pretrain import PRESET_DIR, PretrainConfig
+from hierclr.config.loader import PRESET_DIR
+from hierclr.config.pretrain import PretrainConfig
 from hierclr.config.supervised import SUPERVISED_PRESET_DIR, SupervisedConfig
 
 Command = Literal["pretrain", "finetune", "hcal"]

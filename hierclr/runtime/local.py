@@ -17,7 +17,8 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from hierclr.clustering import hierarchical_kmeans
-from hierclr.config.sections_math import ClusteringConfig, HCSCLossConfig
+from hierclr.config.clustering import ClusteringConfig
+from hierclr.config.pretrain import HCSCLossConfig
 from hierclr.eval import clustering_scores, knn_accuracy
 from hierclr.losses import HCSCObjective
 from hierclr.methods.contrastive_step import embed_features, hcsc_train_step

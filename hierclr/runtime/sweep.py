@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hierclr.config.pretrain import PretrainConfig, TrackingSection, flatten
+from hierclr.config.loader import flatten
+from hierclr.config.pretrain import PretrainConfig
+from hierclr.config.sections import TrackingSection
 from hierclr.config.sweep import SweepConfig
 from hierclr.runtime.sweep_summary import TrialRow, best_of, best_trial, table_csv, table_text
 

@@ -41,7 +41,8 @@ from mlflow.utils.validation import (
 )
 from pydantic import BaseModel
 
-from hierclr.config.pretrain import TrackingSection, flatten
+from hierclr.config.loader import flatten
+from hierclr.config.sections import TrackingSection
 
 log = logging.getLogger(__name__)
 

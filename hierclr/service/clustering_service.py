@@ -56,8 +56,7 @@ from hierclr.clustering.flat import flat_multi_kmeans, flat_prototypes, validate
 from hierclr.clustering.hierarchical import build_hierarchy, hierarchical_kmeans
 from hierclr.clustering.kmeans import KMeansResult, lloyd_partial_sums, nearest_centroid
 from hierclr.clustering.prototypes import Prototypes
-from hierclr.config.pretrain import ClusteringServiceSection
-from hierclr.config.sections_math import ClusteringConfig
+from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
 from hierclr.runtime.faults import trigger
 from hierclr.runtime.ray_start import OWN_RESOURCES
 

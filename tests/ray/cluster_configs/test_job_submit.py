@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from hierclr.config.evaluate import list_evaluate_presets
-from hierclr.config.pretrain import list_presets, load_config
+from hierclr.config.loader import list_presets
+from hierclr.config.pretrain import load_config
 from hierclr.config.supervised import list_supervised_presets
 from hierclr.config.sweep import list_sweep_presets
 

@@ -9,7 +9,7 @@ import pytest
 import ray
 import yaml
 
-from hierclr.config.pretrain import list_presets
+from hierclr.config.loader import list_presets
 from hierclr.config.sweep import list_sweep_presets
 
 CLUSTER_CONFIGS = Path(__file__).resolve().parents[2] / "cluster_configs"

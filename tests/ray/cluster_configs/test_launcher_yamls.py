@@ -11,7 +11,8 @@ import pytest
 import ray
 import yaml
 
-from hierclr.config.pretrain import list_presets, load_config
+from hierclr.config.loader import list_presets
+from hierclr.config.pretrain import load_config
 from hierclr.config.supervised import list_supervised_presets, load_supervised_config
 from hierclr.config.sweep import list_sweep_presets, load_sweep
 

@@ -21,7 +21,7 @@ def _pretrain_checkpoint(tmp: Path, tracking_uri: str) -> tuple[Path, str, MoCo]
     """A hierclr pretraining checkpoint (random resnet10 MoCo) whose state names an MLflow run of this store, with
     hierarchical prototypes over the 359 val digits (ids 0..358)."""
     from hierclr.clustering import hierarchical_kmeans
-    from hierclr.config.pretrain import TrackingSection
+    from hierclr.config.sections import TrackingSection
     from hierclr.runtime.tracking import Tracker
 
     torch.manual_seed(0)

@@ -13,8 +13,7 @@ import torch
 from conftest import planted_hierarchy
 
 from hierclr.clustering import distributed_kmeans, flat_multi_kmeans, hierarchical_kmeans, kmeans
-from hierclr.config.pretrain import ClusteringServiceSection
-from hierclr.config.sections_math import ClusteringConfig
+from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
 from hierclr.service.clustering_service import (
     ActorShards,
     ClusteringFailedError,

@@ -6,15 +6,9 @@ import math
 import pytest
 import yaml
 
-from hierclr.config.pretrain import (
-    PRESET_DIR,
-    OptimSection,
-    PretrainConfig,
-    apply_override,
-    flatten,
-    list_presets,
-    load_config,
-)
+from hierclr.config.loader import PRESET_DIR, apply_override, flatten, list_presets
+from hierclr.config.pretrain import PretrainConfig, load_config
+from hierclr.config.sections import OptimSection
 
 EXPECTED_PRESETS = {"demo", "cifar100-r18", "imagenet-r50-200ep", "imagenet-r50-multicrop"}
 

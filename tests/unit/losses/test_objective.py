@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from hierclr.clustering import Prototypes, compose_assignments
-from hierclr.config.sections_math import HCSCConfig, HCSCLossConfig
+from hierclr.config.pretrain import HCSCLossConfig, PretrainConfig
 from hierclr.losses import HCSCObjective, PCLObjective, icsc_loss, info_nce, pcsc_loss, proto_nce_loss
 
 
@@ -132,7 +132,7 @@ def test_out_masks_stay_empty_without_instance_selection(batch, switches):
 
 def test_paper_compat_changes_only_the_documented_options(batch):
     b = batch
-    paper = HCSCConfig.preset("paper")
+    paper = PretrainConfig(compat="paper")
     assert paper.loss.negative_drop == "remove" and paper.loss.instance_level_reduction == "mean"
     assert paper.clustering.min_cluster_size == 10
     loss, _ = HCSCObjective(paper.loss)(b["q"], b["k"], b["queue"], b["protos"], b["ids"], generator=G())
@@ -159,6 +159,6 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValidationError, match="negative_drop"):
         HCSCLossConfig(negative_drop="drop")
     with pytest.raises(ValidationError, match="strictly decreasing"):
-        HCSCConfig(clustering={"sizes": [100, 200]})
+        PretrainConfig(clustering={"sizes": [100, 200]})
     with pytest.raises(ValidationError, match="extra"):
-        HCSCConfig(loss={"temprature": 0.1})
+        PretrainConfig(loss={"temprature": 0.1})

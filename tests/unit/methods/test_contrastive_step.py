@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from hierclr.clustering import Prototypes, compose_assignments, hierarchical_kmeans
-from hierclr.config.sections_math import HCSCLossConfig
+from hierclr.config.pretrain import HCSCLossConfig
 from hierclr.eval.selection_quality import COUNT_NAMES, SelectionCounter, selection_counts
 from hierclr.losses import HCSCObjective
 from hierclr.methods.contrastive_step import embed_features, hcsc_train_step

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from hierclr.config.pretrain import TrackingSection
+from hierclr.config.sections import TrackingSection
 from hierclr.io.checkpoint import TrainingState, save_checkpoint
 from hierclr.models import MoCo, build_backbone
 from hierclr.models.export import export_backbone

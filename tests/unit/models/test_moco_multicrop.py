@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from hierclr.clustering.prototypes import Prototypes, compose_assignments
-from hierclr.config.sections_math import HCSCLossConfig
+from hierclr.config.pretrain import HCSCLossConfig
 from hierclr.losses import HCSCObjective
 from hierclr.methods.contrastive_step import embed_pass, hcsc_train_step
 from hierclr.models import MoCo

@@ -15,7 +15,9 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from hierclr.config.pretrain import TrackingSection, flatten, load_config
+from hierclr.config.loader import flatten
+from hierclr.config.pretrain import load_config
+from hierclr.config.sections import TrackingSection
 from hierclr.runtime.tracking import RUN_KEY_TAG, Tracker, find_run, resolved_uri, sanitize_key
 
 

@@ -1,0 +1,39 @@
+"""The E-step's settings: what to cluster into (``sizes``, with the K-means settings passed whole to every
+K-means entry point) and the Ray actor pool that runs it."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from hierclr.clustering.hierarchical import validate_sizes
+from hierclr.config.loader import Section
+
+
+class ClusteringConfig(Section):
+    """E-step settings (spec "E-step"); defaults are the official HCSC ImageNet settings."""
+
+    sizes: tuple[int, ...] = (3000, 2000, 1000)
+    niter: int = Field(20, ge=1)
+    nredo: int = Field(5, ge=1)
+    temperature: float = Field(0.2, gt=0, description="mean phi after rescaling (Eq. 3)")
+    smooth: float = Field(10.0, gt=0, description="epsilon of Eq. 3")
+    min_cluster_size: int = Field(0, ge=0, description="paper option: drop level-0 clusters smaller than this")
+    seed: int = 0
+    backend: Literal["auto", "faiss", "torch"] = "auto"
+    max_points_per_centroid: int = Field(1000, ge=1)
+    min_points_per_centroid: int = Field(10, ge=1)
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return validate_sizes(v)
+
+
+class ClusteringServiceSection(Section):
+    """The Ray actor pool that runs the E-step's K-means."""
+
+    num_actors: int = Field(1, ge=1, description=">1: level-0 K-means as distributed Lloyd over the actors")
+    cpus_per_actor: float = Field(1.0, ge=0)
+    gpus_per_actor: float = Field(0.0, ge=0, description="0: CPU actors (faiss CPU); >0 and GPUs present: GPU")
+    max_restarts: int = Field(1, ge=0, description="restarts of a failed actor; the E-step is retried once")

@@ -1,0 +1,124 @@
+"""How every hierclr config is read: a preset or YAML file, ``base:`` inheritance, ``--set`` overrides, one
+validation whose error names the bad field. The schemas live beside this module, one per command.
+
+``hierclr pretrain --config cifar100-r18 --set optim.epochs=10 --set clustering.sizes=[100,50]``: the preset
+(``hierclr/presets/<name>.yaml``) or a YAML file is read (a ``base:`` key extends another preset), each
+``--set`` replaces one leaf (its value parsed as YAML), then pydantic validates the whole tree; a bad value
+fails here, naming the field, before Ray starts.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are frozen, defaults are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def list_presets(preset_dir: Path = PRESET_DIR) -> list[str]:
+    return sorted(p.stem for p in preset_dir.glob("*.yaml"))
+
+
+def read_yaml(source: str | Path, preset_dir: Path = PRESET_DIR) -> dict:
+    """A preset name (a file of ``preset_dir``) or a YAML path -> its tree, with ``base:`` resolved."""
+    path = Path(source)
+    if not path.suffix and (preset_dir / f"{source}.yaml").is_file():
+        path = preset_dir / f"{source}.yaml"
+    if not path.is_file():
+        raise ValueError(f"config {str(source)!r} is neither a file nor a preset (presets: "
+                         f"{', '.join(list_presets(preset_dir))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config {path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path}: the top level must be a mapping, got {type(data).__name__}")  # noqa: TRY004  user input
+    base = data.pop("base", None)  # presets may extend another preset
+    if base is not None:
+        return merge(read_yaml(base, preset_dir), data)
+    return data
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, section by section (a deep copy)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_override(tree: dict, assignment: str) -> dict:
+    """``a.b.c=value`` -> ``tree['a']['b']['c'] = yaml(value)``; unknown keys are caught by validation."""
+    if "=" not in assignment:
+        raise ValueError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"--set: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from None
+    node = tree
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {key}: {p!r} is a value, not a section")  # noqa: TRY004  user input
+        node = child
+    node[parts[-1]] = value
+    return tree
+
+
+def load_tree(source: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+              preset_dir: Path = PRESET_DIR) -> dict:
+    """The raw tree of ``source`` (None: empty, all defaults) with the ``key=value`` overrides applied."""
+    tree = read_yaml(source, preset_dir) if source is not None else {}
+    for o in overrides:
+        apply_override(tree, o)
+    return tree
+
+
+def validate(cls: type[T], tree: dict, source: object = None) -> T:
+    """``cls.model_validate(tree)``, a ValidationError turned into one ValueError listing every bad field."""
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as e:
+        raise ValueError(describe(e, source)) from None
+
+
+def describe(e: ValidationError, source: object = None) -> str:
+    lines = [f"invalid config{f' {source}' if source else ''}:"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(
+            err["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}} -> {'a.b': 1}``; lists and tuples stay values (MLflow params are flat)."""
+    if isinstance(tree, BaseModel):
+        tree = tree.model_dump(mode="json")
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out
