@@ -43,7 +43,7 @@ def main() -> None:
     args = p.parse_args()
 
     from hierclr.config.pretrain import load_config
-    from hierclr.runtime.driver import run_pretrain
+    from hierclr.runtime.driver import run_training
     from hierclr.runtime.ray_start import ensure_ray
 
     work = Path(tempfile.mkdtemp(prefix="hierclr-estep-"))
@@ -52,7 +52,7 @@ def main() -> None:
     if args.cifar10_jpg:
         sets.append(f"data.train={prepare_subset(args.cifar10_jpg, args.images, work)}")
     cfg = load_config(args.config, sets + args.set)
-    result = run_pretrain(cfg, echo=print)
+    result = run_training(cfg, echo=print)
     rows = []
     for r in result.history:
         total = r["time/epoch"]

@@ -36,15 +36,14 @@ def main() -> None:
 
     from hierclr.config.pretrain import load_config
     from hierclr.config.supervised import load_supervised_config
-    from hierclr.runtime.driver import run_pretrain
-    from hierclr.runtime.driver_supervised import run_supervised
+    from hierclr.runtime.driver import run_training
 
     report: dict = {"args": vars(args)}
     hcsc_dir = args.hcsc
     pcfg = load_config(args.pretrain_config, args.pretrain_set)
     if hcsc_dir is None:
         t0 = time.perf_counter()
-        res = run_pretrain(pcfg)
+        res = run_training(pcfg)
         hcsc_dir = res.run_dir
         report["hcsc"] = {"run_dir": hcsc_dir, "seconds": time.perf_counter() - t0,
                           "knn": [r.get("knn/top1_best") for r in res.history]}
@@ -68,7 +67,7 @@ def main() -> None:
                                                         f"name=hcal-init-{name}", "tracking.log_models=false",
                                                         "eval.every=1"], task="hcal")
         t0 = time.perf_counter()
-        res = run_supervised(cfg)
+        res = run_training(cfg)
         rows = [{k: round(v, 4) for k, v in r.items() if k.startswith(("acc/", "val/hvr", "init/")) or k == "epoch"}
                 for r in res.history]
         reach = next((int(r["epoch"]) for r in rows if r.get("acc/level0", 0) >= args.target), None)

@@ -34,9 +34,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from hierclr.config.jobs import JOBS, Command, Job
 from hierclr.config.loader import PRESET_DIR, Section, apply_override, describe, read_yaml
 from hierclr.config.pretrain import PretrainConfig
-from hierclr.runtime.jobs import JOBS, Command, Job
 
 SWEEP_DIR = PRESET_DIR / "sweeps"
 

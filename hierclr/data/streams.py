@@ -315,3 +315,13 @@ def train_data_config(embed_names: str | tuple[str, ...] = ("embed", "val")):
             return output
 
     return _HierclrDataConfig()
+
+
+def eval_batches(iterator, eval_mean, eval_std, batch_size: int):
+    """``(normalised images, ids, labels)`` CPU batches of an ``embed`` stream's dataset shard (a Ray Train
+    ``get_dataset_shard`` iterator), for embedding passes and evaluation."""
+    mean = torch.tensor(eval_mean).view(1, 3, 1, 1)
+    std = torch.tensor(eval_std).view(1, 3, 1, 1)
+    for batch in iterator.iter_torch_batches(batch_size=batch_size, device="cpu"):
+        x = (batch["image"].float() / 255.0 - mean) / std
+        yield x, batch["id"], batch["label"]

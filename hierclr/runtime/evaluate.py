@@ -50,9 +50,9 @@ def feature_loop(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from hierclr.data.streams import eval_batches
     from hierclr.data.transforms import TransformConfig
     from hierclr.models.backbones import build_backbone
-    from hierclr.runtime.worker import eval_batches
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -168,7 +168,7 @@ def _trained_protocol(cfg: EvaluateConfig, which: str, extra: list[str], out: Pa
                       echo) -> dict[str, float]:
     """One linear / semi-supervised ``hierclr finetune`` run from the encoder; best and last top-1 / top-5."""
     from hierclr.config.supervised import supervised_tree, validate_supervised
-    from hierclr.runtime.driver_supervised import run_supervised
+    from hierclr.runtime.driver import run_training
 
     proto = getattr(cfg, which)
     d = cfg.data
@@ -186,7 +186,7 @@ def _trained_protocol(cfg: EvaluateConfig, which: str, extra: list[str], out: Pa
             sets.append(f"resources.{key}={json.dumps(value)}")
     fcfg = validate_supervised(supervised_tree(proto.config, [*sets, *proto.set, *extra]),
                                f"{which}.config {proto.config}")
-    res = run_supervised(fcfg, echo=echo, link=link)
+    res = run_training(fcfg, echo=echo, link=link)
     hist = [r for r in res.history if "acc/top1" in r]
     if not hist:
         return {}

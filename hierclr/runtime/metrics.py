@@ -1,5 +1,5 @@
-"""Cross-rank averaging of per-step metrics and summing of counts (cluster statistics come with the E-step:
-``EStepStats``)."""
+"""Cross-rank averaging of per-step metrics, summing of counts and gathering of small objects (cluster statistics
+come with the E-step: ``EStepStats``)."""
 from __future__ import annotations
 
 import torch
@@ -40,3 +40,12 @@ def sum_over_ranks(counts: Tensor) -> Tensor:
         counts = counts.clone()
         dist.all_reduce(counts)
     return counts
+
+
+def gather_objects(obj) -> list:
+    """``obj`` of every rank, in rank order (a collective: every rank calls it); ``[obj]`` without a group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

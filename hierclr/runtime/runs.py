@@ -49,6 +49,15 @@ def data_path(uri: str, cfg) -> str:
     return uri
 
 
+def stream_config(cfg):
+    """The Ray Data streams' settings of a run, from its ``data`` section, ``seed`` and transforms."""
+    from hierclr.data.streams import StreamConfig
+
+    d = cfg.data
+    return StreamConfig(transforms=d.transform_config(), batch_size=d.decode_batch_size, num_cpus=d.num_cpus,
+                        augment_on=d.augment_on, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
+
+
 def start_ray(cfg) -> None:
     import ray
 

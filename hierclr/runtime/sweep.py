@@ -2,9 +2,8 @@
 
 Composition (Ray Train V2's recommended way): a *function trainable* (:func:`run_trial`) builds the trial's
 config (the sweep's ``command`` picks :class:`~hierclr.config.pretrain.PretrainConfig` or
-:class:`~hierclr.config.supervised.SupervisedConfig`, :mod:`hierclr.runtime.jobs`) from the sampled
-params and calls the command's driver (:func:`~hierclr.runtime.driver.run_pretrain`,
-:func:`~hierclr.runtime.driver_supervised.run_supervised`), whose ``TorchTrainer`` carries Tune's ``TuneReportCallback`` so
+:class:`~hierclr.config.supervised.SupervisedConfig`, :mod:`hierclr.config.jobs`) from the sampled
+params and calls the one driver (:func:`~hierclr.runtime.driver.run_training`), whose ``TorchTrainer`` carries Tune's ``TuneReportCallback`` so
 every epoch's report reaches Tune (ASHA reads ``epochs_done`` and the sweep's metric from it). Each trial is a
 full pretraining run with its own Train workers, data streams and clustering actors, named after the trial
 id; the trial's own driver process takes ``trial_cpus`` (0.01 by default: it only waits).
@@ -87,6 +86,7 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     from ray import tune
 
     from hierclr.io.checkpoint import latest_run
+    from hierclr.runtime.driver import run_training
     from hierclr.runtime.runs import TrackingLink
 
     trial_id = tune.get_context().get_trial_id()
@@ -101,7 +101,7 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
         cfg = trial_run_config(sweep, params, trial_id=trial_id, sweep_dir=ctx.sweep_dir, tracking=ctx.tracking)
         root = cfg.checkpoint.storage_path
         resume = "latest" if Path(root).is_dir() and latest_run(root, cfg.name) else None
-        sweep.job.run(cfg, resume=resume, link=link, echo=print)
+        run_training(cfg, resume=resume, link=link, echo=print)
     except BaseException as err:
         _record_trial_failure(ctx, link, cfg, params, err)
         raise
@@ -236,7 +236,9 @@ def _concurrency(sweep: SweepConfig, cfg0: PretrainConfig, echo) -> int:
     address, which may autoscale, the configured count is kept with a warning when it does not fit now."""
     import ray
 
-    need_cpu, need_gpu = sweep.job.needs(cfg0)
+    from hierclr.runtime.driver import run_needs
+
+    need_cpu, need_gpu = run_needs(cfg0)
     need_cpu += sweep.trial_cpus
     have = ray.cluster_resources()
     fits = int((have.get("CPU", 0) + 1e-9) // need_cpu) if need_cpu else sweep.num_trials

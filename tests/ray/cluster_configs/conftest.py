@@ -28,10 +28,10 @@ class NodeGroup:
 def run_bundles(cfg, copies: int = 1, driver_cpus: float = 0.0) -> list[tuple[str, float, float]]:
     """The (what, CPUs, GPUs) resource requests of ``copies`` concurrent runs of ``cfg``, as Ray places them:
     one per Train worker, clustering actor and Ray Data CPU (1-CPU tasks), plus a per-run driver (sweep trials).
-    Their sums equal the run's own needs (:func:`hierclr.runtime.driver.run_needs`,
-    :func:`hierclr.runtime.driver_supervised.supervised_needs`; checked here, so the two cannot drift)."""
+    Their sums equal the run's own needs (:func:`hierclr.runtime.driver.run_needs`; checked here, so the two
+    cannot drift)."""
     from hierclr.config.pretrain import PretrainConfig
-    from hierclr.runtime.jobs import JOBS
+    from hierclr.runtime.driver import run_needs
 
     res = cfg.resources
     one: list[tuple[str, float, float]] = []
@@ -41,7 +41,7 @@ def run_bundles(cfg, copies: int = 1, driver_cpus: float = 0.0) -> list[tuple[st
         cpus = svc.cpus_per_actor if svc.gpus_per_actor == 0 else 0.0
         one += [("clustering actor", cpus, svc.gpus_per_actor)] * svc.num_actors
     one += [("Ray Data task", 1.0, 0.0)] * cfg.data.num_cpus
-    need_cpu, need_gpu = JOBS["pretrain" if isinstance(cfg, PretrainConfig) else cfg.task].needs(cfg)
+    need_cpu, need_gpu = run_needs(cfg)
     assert abs(sum(b[1] for b in one) - need_cpu) < 1e-9 and abs(sum(b[2] for b in one) - need_gpu) < 1e-9, (
         "run_bundles no longer matches hierclr.runtime.driver.run_needs: update this helper")
     if driver_cpus:

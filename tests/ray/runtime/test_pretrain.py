@@ -9,7 +9,7 @@ import torch
 
 from hierclr.config.pretrain import load_config
 from hierclr.io.checkpoint import checkpoints_in, load_checkpoint
-from hierclr.runtime.driver import run_pretrain
+from hierclr.runtime.driver import run_training
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -50,7 +50,7 @@ SELECTION = [f"selection/{m}_l{level}" for m in ("precision", "recall", "kept_tr
 
 def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_path, digits_cache, monkeypatch):
     cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=4")
-    result = run_pretrain(cfg, echo=lambda *a: None)
+    result = run_training(cfg, echo=lambda *a: None)
     assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
     client = _mlflow(cfg)
     run = client.get_run(result.mlflow_run_id)
@@ -131,12 +131,12 @@ def _check_hierarchy_artifacts(client, run_id: str, tmp: Path, *, e_steps: list[
 
 def test_resume_latest_records_each_epoch_once(ray_session, tmp_path, digits_cache):
     cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=3")
-    first = run_pretrain(cfg, stop_after_epoch=1, echo=lambda *a: None)
+    first = run_training(cfg, stop_after_epoch=1, echo=lambda *a: None)
     assert [int(r["epoch"]) for r in first.history] == [0, 1]
     saved = load_checkpoint(first.checkpoint)
     assert saved.epoch == 1 and saved.prototypes is not None
 
-    second = run_pretrain(cfg, resume="latest", echo=lambda *a: None)
+    second = run_training(cfg, resume="latest", echo=lambda *a: None)
     assert second.run_dir == first.run_dir and second.mlflow_run_id == first.mlflow_run_id
     assert [int(r["epoch"]) for r in second.history] == [0, 1, 2]
     assert second.history[:2] == first.history  # the carried history is the first run's, unchanged
@@ -159,7 +159,7 @@ def test_worker_failure_restarts_from_last_checkpoint(ray_session, tmp_path, dig
                                                      fault_plan_file):
     cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=3", "checkpoint.max_failures=1")
     fault_plan([{"point": "train_step", "epoch": 2, "rank": 1, "step": 2}])
-    result = run_pretrain(cfg, echo=lambda *a: None)
+    result = run_training(cfg, echo=lambda *a: None)
     assert Path(f"{fault_plan_file}.0.0").is_file()  # the failure did happen
     assert [int(r["epoch"]) for r in result.history] == [0, 1, 2]
     client = _mlflow(cfg)
@@ -172,14 +172,14 @@ def test_worker_failure_without_retries_fails_the_run(ray_session, tmp_path, dig
     cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=2", "loss.warmup_epochs=2", "eval.every=0")
     fault_plan([{"point": "train_step", "epoch": 0, "rank": 0, "step": 1}])
     with pytest.raises(TrainingFailedError, match="injected fault at train_step"):
-        run_pretrain(cfg, echo=lambda *a: None)
+        run_training(cfg, echo=lambda *a: None)
 
 
 def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache):
     """PCL v2 (flat K-means at each granularity through the clustering service, ProtoNCE) on one worker."""
     cfg = tiny_config(tmp_path, digits_cache, "method=pcl", "pcl.num_clusters=[8,20]", "pcl.num_negatives=4",
                       "resources.num_workers=1", "optim.epochs=2", "eval.every=0", "tracking.log_models=false")
-    result = run_pretrain(cfg, echo=lambda *a: None)
+    result = run_training(cfg, echo=lambda *a: None)
     h = result.history
     assert [int(r["epoch"]) for r in h] == [0, 1]
     assert "loss/prototype" not in h[0] and h[1]["loss/prototype"] > 0
@@ -190,7 +190,7 @@ def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache)
 def test_clustering_actor_killed_during_estep_is_restarted(ray_session, tmp_path, digits_cache, fault_plan):
     cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=2", "eval.every=0", "tracking.log_models=false")
     fault_plan([{"point": "kmeans_actor", "actor": 0, "method": "cluster", "action": "exit"}])
-    result = run_pretrain(cfg, echo=lambda *a: None)
+    result = run_training(cfg, echo=lambda *a: None)
     h = result.history
     assert [int(r["epoch"]) for r in h] == [0, 1]
     assert h[1]["cluster/attempts"] == 2  # the first attempt died with the actor, the retry finished the epoch
@@ -200,4 +200,4 @@ def test_clustering_actor_killed_during_estep_is_restarted(ray_session, tmp_path
 def test_a_run_the_local_cluster_cannot_hold_fails_fast(ray_session, tmp_path, digits_cache):
     cfg = tiny_config(tmp_path, digits_cache, "resources.num_workers=8", "optim.batch_size=64", "model.queue_size=128")
     with pytest.raises(ValueError, match=r"the run needs 9 CPU \(cluster has 4\)"):
-        run_pretrain(cfg, echo=lambda *a: None)
+        run_training(cfg, echo=lambda *a: None)

@@ -10,7 +10,7 @@ import torch
 from hierclr.config.supervised import load_supervised_config
 from hierclr.io.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from hierclr.models import MoCo
-from hierclr.runtime.driver_supervised import run_supervised
+from hierclr.runtime.driver import run_training
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -37,9 +37,9 @@ def _steps(client, run_id: str, key: str) -> list[int]:
 def test_finetune_varcon_two_workers_learns_logs_and_resumes(ray_session, tmp_path, digits_cache):
     cfg = tiny("digits-finetune", tmp_path, digits_cache, "loss.name=varcon", "optim.epochs=3", "optim.base_lr=0.8",
                "data.train=builtin://digits/val")
-    first = run_supervised(cfg, stop_after_epoch=1, echo=lambda *a: None)
+    first = run_training(cfg, stop_after_epoch=1, echo=lambda *a: None)
     assert [int(r["epoch"]) for r in first.history] == [0, 1]
-    result = run_supervised(cfg, resume="latest", echo=lambda *a: None)
+    result = run_training(cfg, resume="latest", echo=lambda *a: None)
     assert result.run_dir == first.run_dir and result.mlflow_run_id == first.mlflow_run_id
     h = result.history
     assert [int(r["epoch"]) for r in h] == [0, 1, 2]
@@ -69,7 +69,7 @@ def test_hcal_from_a_pretraining_checkpoint_with_class_mean_prototypes(ray_sessi
     save_checkpoint(ckpt, TrainingState(epoch=0, model=moco.state_dict(), optimizer={}))
     cfg = tiny("digits-hcal", tmp_path, digits_cache, "optim.epochs=2", f"model.init={ckpt.parent}", "model.init_head=true", "hcal.feat_dim=32", "hcal.hidden_dim=64",
                "hcal.init_prototypes=class_means", "tracking.log_models=true")
-    result = run_supervised(cfg, echo=lambda *a: None)
+    result = run_training(cfg, echo=lambda *a: None)
     h = result.history
     # chance: 0.1 for 10 digits; 0.4 for the 3 shape groups (the largest group's share)
     assert h[-1]["acc/level0"] > 0.2 and h[-1]["acc/level1"] > 0.4, h[-1]
@@ -120,4 +120,4 @@ def test_wrong_init_checkpoint_fails_before_training(ray_session, tmp_path, digi
     torch.save(resnet18(weights=None).state_dict(), path)
     cfg = tiny("digits-finetune", tmp_path, digits_cache, f"model.init={path}")  # resnet10 trunk
     with pytest.raises(ValueError, match="missing keys|unexpected keys"):
-        run_supervised(cfg, echo=lambda *a: None)
+        run_training(cfg, echo=lambda *a: None)

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from hierclr.config.supervised import list_supervised_presets, load_supervised_config
 from hierclr.losses.supcon import supcon_loss
 from hierclr.losses.varcon import varcon_loss
+from hierclr.methods.hcal import class_means
+from hierclr.methods.supervised import build_network, evaluate, lr_factor, param_groups
 from hierclr.methods.supervised_step import finetune_loss, gather_with_grad, hcal_step_loss
-from hierclr.runtime.worker_supervised import build_network, class_means, evaluate, lr_factor, param_groups
 
 LEVEL_MAP = np.array([[0, 0], [1, 0], [2, 1], [3, 1], [4, 2]])  # 5 classes -> 3 groups
 

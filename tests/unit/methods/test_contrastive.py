@@ -1,4 +1,4 @@
-"""Pure helpers of the Ray Train loop: lr schedule, per-(epoch, rank) generators, objective choice,
+"""Pure helpers of the contrastive method and the epoch loop: lr schedule, per-(epoch, rank) generators, objective choice,
 metric averaging, count summing, the selection counter's switch and the sharded kNN (single process; no process
 group but for one single-rank gloo group)."""
 from __future__ import annotations
@@ -16,16 +16,16 @@ from hierclr.clustering import Prototypes, compose_assignments
 from hierclr.config.pretrain import load_config
 from hierclr.eval import knn_accuracy
 from hierclr.losses import HCSCObjective, PCLObjective
-from hierclr.runtime.metrics import MetricAverager, sum_over_ranks
-from hierclr.runtime.worker import (
+from hierclr.methods.contrastive import (
     build_model,
     build_objective,
     distributed_knn,
     epoch_lr,
     selection_counter,
-    step_generator,
     uses_prototypes,
 )
+from hierclr.runtime.metrics import MetricAverager, sum_over_ranks
+from hierclr.runtime.worker import step_generator
 
 CPU = torch.device("cpu")
 

@@ -1,5 +1,6 @@
-"""The kinds of training run hierclr launches, by command name: their config class, presets, runner and the
-resources one run holds. The sweep and the CLI dispatch through this table, so every command is sweepable."""
+"""The kinds of training run hierclr launches, by command name: their config class, presets and the task they
+fix. The sweep reads configs through this table (and runs every kind with the one driver,
+:func:`hierclr.runtime.driver.run_training`), so every command is sweepable."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,25 +22,6 @@ class Job:
     config_cls: type[BaseModel]
     preset_dir: Path
     task: str | None  # the SupervisedConfig.task it fixes
-
-    def run(self, cfg, **kwargs):
-        """``run_pretrain`` / ``run_supervised`` (imported here: they pull in Ray)."""
-        if self.command == "pretrain":
-            from hierclr.runtime.driver import run_pretrain
-
-            return run_pretrain(cfg, **kwargs)
-        from hierclr.runtime.driver_supervised import run_supervised
-
-        return run_supervised(cfg, **kwargs)
-
-    def needs(self, cfg) -> tuple[float, float]:
-        if self.command == "pretrain":
-            from hierclr.runtime.driver import run_needs
-
-            return run_needs(cfg)
-        from hierclr.runtime.driver_supervised import supervised_needs
-
-        return supervised_needs(cfg)
 
     def fix_tree(self, tree: dict) -> dict:
         """The command decides the task: a finetune sweep over an hcal preset is an error, not a surprise."""

@@ -1,0 +1,42 @@
+"""What the training verbs share: their flags and their summary."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``3000,2000,1000`` -> ``(3000, 2000, 1000)`` (an argparse type)."""
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 3000,2000,1000, got {text!r}") from None
+
+
+def add_run_flags(parser: argparse.ArgumentParser, default: str, set_example: str) -> None:
+    """``--config --set --print-config --list-presets --resume --stop-after-epoch`` of a training verb."""
+    parser.add_argument("--config", default=default,
+                        help=f"preset name (see --list-presets) or YAML file; default: {default}")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override one field, e.g. {set_example}")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--list-presets", action="store_true", help="list the built-in presets and exit")
+    parser.add_argument("--resume", default=None, metavar="PATH|latest",
+                        help="continue from a checkpoint (or run) directory, or the newest run of this config name")
+    parser.add_argument("--stop-after-epoch", dest="stop_after_epoch", type=int, default=None,
+                        help="checkpoint and exit after this epoch (resume later with --resume latest)")
+
+
+def train_and_report(cfg, args: argparse.Namespace, keep) -> int:
+    """Run ``cfg`` with the one driver; print the chosen numbers of each epoch and a JSON summary."""
+    import time
+
+    from hierclr.runtime.driver import run_training
+
+    t0 = time.perf_counter()
+    result = run_training(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    for row in result.history:
+        print(json.dumps({k: round(v, 4) for k, v in row.items() if keep(k)}))
+    summary = {"run_dir": result.run_dir, "checkpoint": result.checkpoint, "best": result.best,
+               "mlflow_run_id": result.mlflow_run_id, "bad_images": len(result.bad_images)}
+    print(json.dumps({**summary, "seconds": round(time.perf_counter() - t0, 1)}))
+    return 0

@@ -1,0 +1,39 @@
+"""``hierclr finetune`` and ``hierclr hcal``: supervised training (CE, SupCon, CLCE, VarCon) and hierarchical
+classification (HCAL) on Ray Train, on the same engine as pretraining."""
+from __future__ import annotations
+
+import argparse
+
+from hierclr.commands.common import add_run_flags, train_and_report
+
+
+def _shown(key: str) -> bool:
+    return key in ("epoch", "lr", "loss/total", "train/acc", "train/images_per_s", "val/hvr") or key.startswith("acc/")
+
+
+def register(sub) -> None:
+    ft = sub.add_parser("finetune", help="supervised training / fine-tuning on Ray Train: CE, SupCon, CLCE or VarCon")
+    add_run_flags(ft, "digits-finetune", "--set optim.epochs=10 --set model.init=runs/hcsc-.../")
+    ft.add_argument("--loss", choices=("ce", "supcon", "clce", "varcon"), default=None,
+                    help="the objective (overrides loss.name of the config)")
+    ft.set_defaults(func=run)
+    hc = sub.add_parser("hcal", help="hierarchical classification (HCAL) on Ray Train, on a dataset with a label "
+                                     "hierarchy")
+    add_run_flags(hc, "digits-hcal", "--set optim.epochs=10 --set model.init=runs/hcsc-.../")
+    hc.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hierclr.config.supervised import list_supervised_presets, load_supervised_config
+
+    if args.list_presets:
+        print("\n".join(list_supervised_presets()))
+        return 0
+    overrides = list(args.set or ())
+    if getattr(args, "loss", None):
+        overrides.insert(0, f"loss.name={args.loss}")
+    cfg = load_supervised_config(args.config, overrides, task=args.command)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    return train_and_report(cfg, args, _shown)

@@ -1,0 +1,27 @@
+"""``hierclr pretrain``: distributed pretraining on Ray Train (HCSC, MoCo v2, PCL v2)."""
+from __future__ import annotations
+
+import argparse
+
+from hierclr.commands.common import add_run_flags, train_and_report
+
+SHOWN = ("epoch", "lr", "loss/total", "knn/top1_k20", "knn/top1_best", "train/images_per_s")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pretrain", help="distributed pretraining on Ray Train (HCSC, MoCo v2, PCL v2)")
+    add_run_flags(p, "demo", "--set optim.epochs=10 --set clustering.sizes=[100,50]")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hierclr.config.pretrain import list_presets, load_config
+
+    if args.list_presets:
+        print("\n".join(list_presets()))
+        return 0
+    cfg = load_config(args.config, args.set or ())
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    return train_and_report(cfg, args, lambda k: k in SHOWN)
