@@ -26,6 +26,18 @@ def add_run_flags(parser: argparse.ArgumentParser, default: str, set_example: st
                         help="checkpoint and exit after this epoch (resume later with --resume latest)")
 
 
+def resolve_config(args: argparse.Namespace, list_presets, load):
+    """``--list-presets`` / ``--print-config`` answered here (returns None: done); else the validated config."""
+    if args.list_presets:
+        print("\n".join(list_presets()))
+        return None
+    cfg = load()
+    if getattr(args, "print_config", False):
+        print(cfg.to_yaml(), end="")
+        return None
+    return cfg
+
+
 def train_and_report(cfg, args: argparse.Namespace, keep) -> int:
     """Run ``cfg`` with the one driver; print the chosen numbers of each epoch and a JSON summary."""
     import time

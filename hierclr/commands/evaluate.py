@@ -5,6 +5,8 @@ import argparse
 import json
 import time
 
+from hierclr.commands.common import resolve_config
+
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="the paper's evaluation protocols for an encoder (kNN, linear, "
@@ -23,17 +25,13 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from hierclr.config.evaluate import list_evaluate_presets, load_evaluate_config
 
-    if args.list_presets:
-        print("\n".join(list_evaluate_presets()))
-        return 0
     overrides = list(args.set or ())
     if args.source:
         overrides.insert(0, f"source={args.source}")
     if args.protocols:
         overrides.insert(0, f"protocols=[{args.protocols}]")
-    cfg = load_evaluate_config(args.config, overrides)
-    if args.print_config:
-        print(cfg.to_yaml(), end="")
+    cfg = resolve_config(args, list_evaluate_presets, lambda: load_evaluate_config(args.config, overrides))
+    if cfg is None:
         return 0
     from hierclr.runtime.evaluate import run_evaluate
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hierclr.commands.common import add_run_flags, train_and_report
+from hierclr.commands.common import add_run_flags, resolve_config, train_and_report
 
 
 def _shown(key: str) -> bool:
@@ -26,14 +26,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from hierclr.config.supervised import list_supervised_presets, load_supervised_config
 
-    if args.list_presets:
-        print("\n".join(list_supervised_presets()))
-        return 0
     overrides = list(args.set or ())
     if getattr(args, "loss", None):
         overrides.insert(0, f"loss.name={args.loss}")
-    cfg = load_supervised_config(args.config, overrides, task=args.command)
-    if args.print_config:
-        print(cfg.to_yaml(), end="")
-        return 0
-    return train_and_report(cfg, args, _shown)
+    cfg = resolve_config(args, list_supervised_presets,
+                         lambda: load_supervised_config(args.config, overrides, task=args.command))
+    return 0 if cfg is None else train_and_report(cfg, args, _shown)

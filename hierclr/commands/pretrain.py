@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from hierclr.commands.common import add_run_flags, train_and_report
+from hierclr.commands.common import add_run_flags, resolve_config, train_and_report
 
 SHOWN = ("epoch", "lr", "loss/total", "knn/top1_k20", "knn/top1_best", "train/images_per_s")
 
@@ -17,11 +17,5 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from hierclr.config.pretrain import list_presets, load_config
 
-    if args.list_presets:
-        print("\n".join(list_presets()))
-        return 0
-    cfg = load_config(args.config, args.set or ())
-    if args.print_config:
-        print(cfg.to_yaml(), end="")
-        return 0
-    return train_and_report(cfg, args, lambda k: k in SHOWN)
+    cfg = resolve_config(args, list_presets, lambda: load_config(args.config, args.set or ()))
+    return 0 if cfg is None else train_and_report(cfg, args, lambda k: k in SHOWN)

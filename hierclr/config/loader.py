@@ -41,15 +41,21 @@ def read_yaml(source: str | Path, preset_dir: Path = PRESET_DIR) -> dict:
     if not path.is_file():
         raise ValueError(f"config {str(source)!r} is neither a file nor a preset (presets: "
                          f"{', '.join(list_presets(preset_dir))})")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"config {path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config {path}: the top level must be a mapping, got {type(data).__name__}")  # noqa: TRY004  user input
+    data = read_mapping(path, "config")
     base = data.pop("base", None)  # presets may extend another preset
     if base is not None:
         return merge(read_yaml(base, preset_dir), data)
+    return data
+
+
+def read_mapping(path: Path, what: str) -> dict:
+    """A YAML file whose top level is a mapping (empty file: ``{}``); errors name ``what`` and the file."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path}: the top level must be a mapping, got {type(data).__name__}")  # noqa: TRY004  user input
     return data
 
 

@@ -35,7 +35,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hierclr.config.jobs import JOBS, Command, Job
-from hierclr.config.loader import PRESET_DIR, Section, apply_override, describe, read_yaml
+from hierclr.config.loader import PRESET_DIR, Section, apply_override, describe, read_mapping, read_yaml
 from hierclr.config.pretrain import PretrainConfig
 
 SWEEP_DIR = PRESET_DIR / "sweeps"
@@ -243,12 +243,7 @@ def load_sweep(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     if not path.is_file():
         raise ValueError(f"sweep file {str(source)!r} does not exist (built-in sweeps: "
                          f"{', '.join(list_sweep_presets())})")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"sweep file {path}: not valid YAML: {e}") from None
-    if not isinstance(tree, dict):
-        raise ValueError(f"sweep file {path}: the top level must be a mapping")  # noqa: TRY004 - user input
+    tree = read_mapping(path, "sweep file")
     base = tree.get("base")
     if isinstance(base, str) and not Path(base).is_absolute() and (path.parent / base).is_file():
         tree["base"] = str((path.parent / base).resolve())  # a base file next to the sweep file

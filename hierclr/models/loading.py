@@ -179,7 +179,7 @@ def tracking_store(tracking_uri: str | None = None) -> str:
     """The MLflow store to read: ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``;
     a relative local store made absolute. A sqlite file that does not exist raises (MLflow would create an
     empty one)."""
-    from hierclr.runtime.tracking import resolved_uri
+    from hierclr.io.mlflow_store import resolved_uri
 
     uri = resolved_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     if uri.startswith("sqlite:///"):
@@ -197,7 +197,7 @@ def read_mlflow_weights(source: str, *, tracking_uri: str | None = None) -> tupl
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from hierclr.runtime.tracking import _RUN_HTTP, _http_settings
+    from hierclr.io.mlflow_store import RUN_HTTP, http_settings
 
     uri = tracking_store(tracking_uri)
     if source.startswith("models:/"):
@@ -205,7 +205,7 @@ def read_mlflow_weights(source: str, *, tracking_uri: str | None = None) -> tupl
     run_id, name = parse_mlflow_source(source)
     names = (name,) if name else _MODEL_NAMES
     client = MlflowClient(tracking_uri=uri)
-    with _http_settings(_RUN_HTTP, override=False):
+    with http_settings(RUN_HTTP, override=False):
         try:
             run = client.get_run(run_id)
         except MlflowException as err:
@@ -258,9 +258,9 @@ def _run_models(client, run) -> dict:
 def _load_logged_model(model_uri: str, uri: str) -> dict[str, torch.Tensor]:
     import mlflow.pytorch
 
-    from hierclr.runtime.tracking import _global_tracking_uri
+    from hierclr.io.mlflow_store import global_tracking_uri
 
-    with _global_tracking_uri(uri):
+    with global_tracking_uri(uri):
         try:
             module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
         except Exception as err:

@@ -15,16 +15,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import posixpath
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import mlflow
 import mlflow.pytorch
@@ -43,6 +40,7 @@ from pydantic import BaseModel
 
 from hierclr.config.loader import flatten
 from hierclr.config.sections import TrackingSection
+from hierclr.io.mlflow_store import PROBE_HTTP, RUN_HTTP, SQLITE, global_tracking_uri, http_settings, resolved_uri
 
 log = logging.getLogger(__name__)
 
@@ -51,68 +49,20 @@ PROBE_TIMEOUT_S = 5
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 
 _BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")
-_SQLITE = "sqlite:///"
-_NAMED_STORES = ("databricks", "databricks-uc", "uc")  # tracking URIs without a scheme that are not paths
 
 
 # ----------------------------------------------------------------------------------------------- URIs
-def resolved_uri(cfg: TrackingSection | str) -> str:
-    """The tracking URI with a relative local store (``sqlite:///x.db``, ``file:x``, a plain path) made absolute.
-
-    Call it on the driver and hand the result to the workers: Ray Train workers run in another working
-    directory, where a relative store would be a different, empty one. Server URIs are returned unchanged.
-    (MLflow 3 refuses file stores unless ``MLFLOW_ALLOW_FILE_STORE=true``; sqlite is the local default.)
-    """
-    uri = cfg.uri if isinstance(cfg, TrackingSection) else cfg
-    if uri.startswith(_SQLITE):
-        path, sep, query = uri[len(_SQLITE):].partition("?")
-        if path in ("", ":memory:"):
-            return uri
-        return f"{_SQLITE}{Path(path).expanduser().resolve().as_posix()}{sep}{query}"
-    if uri.startswith("file:"):
-        parts = urlsplit(uri)
-        if parts.netloc or parts.path.startswith("/"):
-            return uri
-        return Path(parts.path).expanduser().resolve().as_uri()
-    if uri and uri not in _NAMED_STORES and not re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", uri):  # a local directory
-        return Path(uri).expanduser().resolve().as_uri()
-    return uri
-
-
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """For a local sqlite store, experiment artifacts go next to the database (``<db dir>/mlruns/<name>``).
 
     MLflow's default for sqlite stores is ``./mlruns`` in the working directory of whoever creates the
     experiment, which scatters artifacts when the database lives elsewhere."""
-    if not uri.startswith(_SQLITE):
+    if not uri.startswith(SQLITE):
         return None
-    path = uri[len(_SQLITE):].partition("?")[0]
+    path = uri[len(SQLITE):].partition("?")[0]
     if path in ("", ":memory:"):
         return None
     return (Path(path).parent / "mlruns" / _BAD_KEY_CHARS.sub("_", experiment).replace("/", "_")).as_uri()
-
-
-# MLflow's own default is 7 retries with backoff factor 2 and a 120 s timeout: a server that dies mid-run froze
-# rank 0 (and with it every worker at the next all-reduce) for about 4 minutes before the call failed.
-_PROBE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)}
-_RUN_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-             "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
-
-
-@contextmanager
-def _http_settings(settings: Mapping[str, str], *, override: bool) -> Iterator[None]:
-    """MLflow REST retry/timeout settings inside the block, the environment restored afterwards (MLflow reads
-    these variables on every request). ``override`` False keeps values the user set."""
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update({k: v for k, v in settings.items() if override or saved[k] is None})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _short(err: BaseException, limit: int = 600) -> str:
@@ -130,7 +80,7 @@ def _connect(cfg: TrackingSection) -> tuple[str, MlflowClient, Any] | None:
     with a short timeout and no retries; None (and one warning) when the store cannot be reached."""
     uri = resolved_uri(cfg)
     try:
-        with _http_settings(_PROBE_HTTP, override=True):  # an unreachable server fails in seconds
+        with http_settings(PROBE_HTTP, override=True):  # an unreachable server fails in seconds
             client = MlflowClient(tracking_uri=uri)
             experiment = client.get_experiment_by_name(cfg.experiment)
     except Exception as err:  # noqa: BLE001 - any store failure means no tracking, never a failed training
@@ -156,7 +106,7 @@ def find_run(cfg: TrackingSection, key: str) -> str | None:
         return None
     uri, client, experiment = connected
     try:
-        with _http_settings(_RUN_HTTP, override=False):
+        with http_settings(RUN_HTTP, override=False):
             return _find_run(client, experiment, key)
     except Exception as err:  # noqa: BLE001
         _warn_unreachable(uri, err)
@@ -243,7 +193,7 @@ class Tracker:
         if run_key is not None:
             all_tags[RUN_KEY_TAG] = run_key
         try:
-            with _http_settings(_RUN_HTTP, override=False):
+            with http_settings(RUN_HTTP, override=False):
                 if run_id is None and run_key is not None:
                     run_id = _find_run(client, experiment, run_key)
                 run = cls._reopen(client, run_id) if run_id is not None else None
@@ -274,7 +224,7 @@ class Tracker:
             return cls.disabled()
         uri, client, _ = connected
         try:
-            with _http_settings(_RUN_HTTP, override=False):
+            with http_settings(RUN_HTTP, override=False):
                 run = client.get_run(run_id)
         except Exception as err:  # noqa: BLE001
             _warn_unreachable(uri, err)
@@ -295,7 +245,7 @@ class Tracker:
     @staticmethod
     def _reopen(client: MlflowClient, run_id: str) -> Any:
         try:
-            with _http_settings(_RUN_HTTP, override=False):
+            with http_settings(RUN_HTTP, override=False):
                 run = client.get_run(run_id)
         except mlflow.exceptions.MlflowException as err:
             if err.error_code != "RESOURCE_DOES_NOT_EXIST":
@@ -328,7 +278,7 @@ class Tracker:
             if not self.enabled:
                 return None
             try:
-                with _http_settings(_RUN_HTTP, override=False):
+                with http_settings(RUN_HTTP, override=False):
                     return fn(*args, **kwargs)
             except Exception as err:  # noqa: BLE001
                 if not disable:
@@ -456,7 +406,7 @@ class Tracker:
         # point the global URI at this store only for the duration of the call.
         model = self._client.create_logged_model(self._experiment_id, name=name, source_run_id=self._run_id)
         try:
-            with _global_tracking_uri(self._uri):
+            with global_tracking_uri(self._uri):
                 return mlflow.pytorch.log_model(
                     encoder, name=name, model_id=model.model_id, run_id=self._run_id, step=step,
                     signature=signature, input_example=input_example, serialization_format=serialization_format,
@@ -481,19 +431,3 @@ class Tracker:
             self._call("end run", self._client.set_terminated, self._run_id, status)
             self._client = None
             self._run_id = None
-
-
-@contextmanager
-def _global_tracking_uri(uri: str) -> Iterator[None]:
-    """``mlflow.set_tracking_uri(uri)`` inside the block, the previous setting (and env var) afterwards."""
-    from mlflow.tracking._tracking_service import utils as tracking_utils  # the unresolved global setting
-
-    previous = tracking_utils._tracking_uri
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
