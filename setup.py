@@ -40,7 +40,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["hierclr", "hierclr.*"]),
     package_data={"hierclr": ["presets/*.yaml", "presets/sweeps/*.yaml", "presets/supervised/*.yaml",
-                              "presets/evaluate/*.yaml"]},
+                              "presets/evaluate/*.yaml", "labels/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["hierclr=hierclr.cli:main"]},

@@ -14,7 +14,7 @@ from hierclr.data.source import ShardSource, open_source
 from hierclr.data.streams import ImageStream, StreamConfig, embed_stream, finish_views, train_data_config, train_stream
 from hierclr.data.transforms import AugmentConfig, EvalTransformConfig, MultiViewAugment, TransformConfig
 from hierclr.io.errors import DataFormatError
-from hierclr.labels.hierarchy import HierarchyError, LabelHierarchy, cifar100, load_hierarchy
+from hierclr.labels import HierarchyError, LabelHierarchy, cifar100, load_hierarchy
 
 __all__ = [
     "AugmentConfig", "BadImage", "DataFormatError", "EvalTransformConfig", "HierarchyError", "ImageStream",

@@ -29,7 +29,7 @@ import hierclr
 from hierclr.data.manifest import ImageStats, Manifest, ShardInfo, SizeStats, SkippedImage
 from hierclr.io.errors import DataFormatError
 from hierclr.io.fs import Location, resolve
-from hierclr.labels.hierarchy import LabelHierarchy, load_hierarchy
+from hierclr.labels import LabelHierarchy, load_hierarchy
 from hierclr.runtime.ray_start import OWN_RESOURCES
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def _load_hierarchy(cfg: PrepareConfig, classes: tuple[str, ...]) -> LabelHierar
 def _cifar100_hierarchy(archive) -> LabelHierarchy:
     """The built-in 100 -> 20 hierarchy, checked against the coarse labels the archive carries (an
     archive with other class names gets the mapping its own labels imply)."""
-    from hierclr.labels.hierarchy import cifar100
+    from hierclr.labels import cifar100
 
     builtin = cifar100()
     if tuple(archive.classes) == builtin.names[0] and tuple(archive.coarse_classes) == builtin.names[1]:

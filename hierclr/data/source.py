@@ -20,7 +20,7 @@ from hierclr.data.formats.webdataset import index_shard, list_tar_shards, read_t
 from hierclr.data.manifest import MANIFEST_NAME, Manifest
 from hierclr.io.errors import DataFormatError
 from hierclr.io.fs import Location, resolve
-from hierclr.labels.hierarchy import LabelHierarchy, load_hierarchy
+from hierclr.labels import LabelHierarchy, load_hierarchy
 from hierclr.runtime.ray_start import OWN_RESOURCES
 
 Format = Literal["auto", "parquet", "webdataset", "imagefolder"]

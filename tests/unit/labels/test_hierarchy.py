@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hierclr.labels.hierarchy import HierarchyError, LabelHierarchy, cifar100, from_edge_list, load_hierarchy
+from hierclr.labels import HierarchyError, LabelHierarchy, cifar100, from_edge_list, load_hierarchy
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
