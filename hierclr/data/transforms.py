@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvf
@@ -41,6 +41,15 @@ _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 
 
 
 # --------------------------------------------------------------------------------------------------- config
+
+
+def _positive_std(v: tuple[float, float, float]) -> tuple[float, float, float]:
+    if min(v) <= 0:
+        raise ValueError(f"std must be > 0, got {v}")
+    return v
+
+
+Std = Annotated[tuple[float, float, float], AfterValidator(_positive_std)]
 
 
 def _check_scale(v: tuple[float, float]) -> tuple[float, float]:
@@ -88,7 +97,7 @@ class AugmentConfig(Section):
                                                         "1 for the linear / semi-supervised protocols")
     local_crops: tuple[CropSpec, ...] = Field((), description="HCSC multi-crop local views")
     mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    std: Std = IMAGENET_STD
 
     @field_validator("scale")
     @classmethod
@@ -121,13 +130,6 @@ class AugmentConfig(Section):
             raise ValueError(f"blur_kernel must be odd, got {v}")
         return v
 
-    @field_validator("std")
-    @classmethod
-    def _std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if min(v) <= 0:
-            raise ValueError(f"std must be > 0, got {v}")
-        return v
-
     def blur_kernel_for(self, size: int) -> int:
         """Blur kernel side for a view of side ``size``: ``blur_kernel`` or the odd size nearest 10% (23 for 224)."""
         if self.blur_kernel is not None:
@@ -141,7 +143,7 @@ class EvalTransformConfig(Section):
     resize: int = Field(256, ge=1)
     crop: int = Field(224, ge=1)
     mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    std: Std = IMAGENET_STD
 
     @field_validator("crop")
     @classmethod
@@ -149,13 +151,6 @@ class EvalTransformConfig(Section):
         resize = info.data.get("resize")
         if resize is not None and v > resize:
             raise ValueError(f"crop ({v}) must be <= resize ({resize})")
-        return v
-
-    @field_validator("std")
-    @classmethod
-    def _std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if min(v) <= 0:
-            raise ValueError(f"std must be > 0, got {v}")
         return v
 
 
