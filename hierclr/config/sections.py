@@ -11,6 +11,7 @@ from pydantic import Field
 
 from hierclr.config.loader import Section
 from hierclr.data.transforms import TransformConfig
+from hierclr.io.mlflow_store import DEFAULT_TRACKING_URI
 
 
 class DataSection(Section):
@@ -68,7 +69,7 @@ class CheckpointSection(Section):
 
 class TrackingSection(Section):
     enabled: bool = True
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (default: embedded local store)")
+    uri: str = Field(DEFAULT_TRACKING_URI, description="MLflow tracking URI (default: embedded local store)")
     experiment: str = "hierclr"
     log_models: bool = Field(True, description="log the best and last encoder as MLflow PyTorch models")
     hierarchy_every: int = Field(1, ge=0, description="log the prototype tree (JSON) and per-level cluster-size "

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 SQLITE = "sqlite:///"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the embedded local store in the working directory
 _NAMED_STORES = ("databricks", "databricks-uc", "uc")  # tracking URIs without a scheme that are not paths
 
 

@@ -35,7 +35,6 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 MLFLOW_PREFIXES = ("mlflow:", "runs:/", "models:/")
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_DIR_TAG = "hierclr.run_dir"
 _MODEL_NAMES = ("encoder_best", "encoder_last")  # tried in this order for `mlflow:<run_id>`
 
@@ -179,7 +178,7 @@ def tracking_store(tracking_uri: str | None = None) -> str:
     """The MLflow store to read: ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``;
     a relative local store made absolute. A sqlite file that does not exist raises (MLflow would create an
     empty one)."""
-    from hierclr.io.mlflow_store import resolved_uri
+    from hierclr.io.mlflow_store import DEFAULT_TRACKING_URI, resolved_uri
 
     uri = resolved_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     if uri.startswith("sqlite:///"):
