@@ -298,3 +298,14 @@ def test_to_yaml_round_trips(tmp_path, source, overrides):
     assert again == cfg
     assert again.to_yaml() == cfg.to_yaml()
     assert "base" not in yaml.safe_load(f.read_text())  # the resolved tree, not the preset chain
+
+
+def test_compat_paper_is_one_rule_wherever_a_config_is_built():
+    """The rule is a validator of PretrainConfig, so configs built in code, by a sweep trial or re-validated in a
+    worker from their JSON dump get it too, and re-validation keeps explicit values."""
+    built = PretrainConfig(compat="paper", loss={"negative_drop": "zero"})
+    assert built.loss.negative_drop == "zero" and built.loss.instance_level_reduction == "mean"
+    assert built.clustering.min_cluster_size == 10
+    again = PretrainConfig.model_validate(built.model_dump(mode="json"))
+    assert again == built
+    assert PretrainConfig(compat="official").loss.negative_drop == "zero"
