@@ -236,17 +236,11 @@ class KMeansActor:
         self._fault_point("cluster")
         order = np.argsort(self._positions)
         x, ids = self._x[torch.from_numpy(order).to(self.device)], self._ids[order]
-        cfg = job.clustering
-        common = {
-            "niter": cfg.niter, "nredo": cfg.nredo, "temperature": cfg.temperature, "smooth": cfg.smooth,
-            "seed": cfg.seed, "device": self.device, "backend": cfg.backend,
-            "max_points_per_centroid": cfg.max_points_per_centroid,
-            "min_points_per_centroid": cfg.min_points_per_centroid, "epoch": epoch,
-        }
+        settings = self._settings(job)
         if job.method == "pcl":
-            protos = flat_multi_kmeans(x, job.pcl_sizes, **common)
+            protos = flat_multi_kmeans(x, job.pcl_sizes, settings, epoch=epoch)
         else:
-            protos = hierarchical_kmeans(x, cfg.sizes, min_cluster_size=cfg.min_cluster_size, **common)
+            protos = hierarchical_kmeans(x, job.clustering.sizes, settings, epoch=epoch)
         return self._finish(protos, ids, job.num_rows)
 
     @ray.method(num_returns=2)
@@ -255,17 +249,15 @@ class KMeansActor:
     ) -> tuple[Prototypes, tuple[LevelStats, ...]]:
         """Prototypes from distributed level-0 results: the tree above (hcsc) or the flat pack (pcl)."""
         self._fault_point("build")
-        cfg = job.clustering
         if job.method == "pcl":
-            protos = flat_prototypes(level0, temperature=cfg.temperature, smooth=cfg.smooth, epoch=epoch)
+            protos = flat_prototypes(level0, job.clustering, epoch=epoch)
         else:
-            protos = build_hierarchy(
-                level0[0], cfg.sizes, niter=cfg.niter, nredo=cfg.nredo, temperature=cfg.temperature,
-                smooth=cfg.smooth, seed=cfg.seed, device=self.device, backend=cfg.backend,
-                max_points_per_centroid=cfg.max_points_per_centroid, min_cluster_size=cfg.min_cluster_size,
-                epoch=epoch,
-            )
+            protos = build_hierarchy(level0[0], job.clustering.sizes, self._settings(job), epoch=epoch)
         return self._finish(protos, ids, job.num_rows)
+
+    def _settings(self, job: _Job) -> ClusteringConfig:
+        """The job's clustering settings, whole, on this actor's device."""
+        return job.clustering.model_copy(update={"device": str(self.device)})
 
     def _finish(self, protos: Prototypes, ids: np.ndarray, num_rows: int):
         protos = expand_to_ids(protos.to("cpu"), ids, num_rows)  # CPU: any worker can deserialize it
@@ -467,17 +459,11 @@ class EStepCoordinator:
             shards = ActorShards(active, positions, dim)
             if job.method == "pcl":
                 level0 = [
-                    distributed_kmeans(
-                        shards, k, niter=cfg.niter, nredo=cfg.nredo, seed=cfg.seed + i,
-                        max_points_per_centroid=cfg.max_points_per_centroid,
-                    )
+                    distributed_kmeans(shards, k, cfg.model_copy(update={"seed": cfg.seed + i}))
                     for i, k in enumerate(job.pcl_sizes)
                 ]
             else:
-                level0 = [distributed_level0(
-                    shards, cfg.sizes[0], niter=cfg.niter, nredo=cfg.nredo, seed=cfg.seed,
-                    max_points_per_centroid=cfg.max_points_per_centroid, min_cluster_size=cfg.min_cluster_size,
-                )]
+                level0 = [distributed_level0(shards, cfg.sizes[0], cfg)]
             protos_ref, levels_ref = self._actors[0].build.remote(job, level0, ids, epoch)
         levels = ray.get(levels_ref)
         t2 = time.perf_counter()
