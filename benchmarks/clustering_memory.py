@@ -81,7 +81,7 @@ def analytic_bytes(n: int, dim: int, m1: int, levels: int = 3, max_points_per_ce
     per row), the final assignment search and its copies, the (n, levels) int64 composed assignments.
     ``centroids``: all levels (1.5 MiB for 3000 x 128). These four are what ``hierarchical_kmeans`` alone
     needs (compare with the fit). ``service_copy``: the single-actor service clusters an id-sorted copy of
-    the rows it received (``clustering_service``: ``self._x[order]``), one more (n, d) float32."""
+    the rows it received (``hierclr.service.actors``: ``self._x[order]``), one more (n, d) float32."""
     sample = min(n, m1 * max_points_per_centroid)
     return {
         "features": n * dim * 4,

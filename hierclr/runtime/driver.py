@@ -116,7 +116,7 @@ def run_pretrain(
     streams["train"].dataset.context._execution_idx = start_epoch
     service = None
     if cfg.uses_clustering:
-        from hierclr.service.clustering_service import ClusteringService
+        from hierclr.service import ClusteringService
 
         service = ClusteringService.start(
             f"hierclr-clustering-{token}", cfg.clustering, cfg.service, method=cfg.method,

@@ -202,7 +202,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         tracker = Tracker.attach(cfg.tracking.model_copy(update={"uri": run.tracking_uri}), run.mlflow_run_id)
     service = None
     if cfg.uses_clustering:
-        from hierclr.service.clustering_service import connect
+        from hierclr.service import connect
 
         service = connect(run.service_name)
     clock = ray.get_actor(run.clock_name)

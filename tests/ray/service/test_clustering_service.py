@@ -15,14 +15,8 @@ from conftest import planted_hierarchy
 from hierclr.clustering import KMeansSettings, distributed_kmeans, flat_multi_kmeans, hierarchical_kmeans, kmeans
 from hierclr.config.pretrain import ClusteringServiceSection
 from hierclr.config.sections_math import ClusteringConfig
-from hierclr.service.clustering_service import (
-    ActorShards,
-    ClusteringFailedError,
-    ClusteringService,
-    EStepStats,
-    KMeansActor,
-    connect,
-)
+from hierclr.service import ClusteringFailedError, ClusteringService, EStepStats, connect
+from hierclr.service.actors import ActorShards, KMeansActor
 
 pytestmark = pytest.mark.timeout(120)
 
