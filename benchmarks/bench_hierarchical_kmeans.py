@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from hierclr.clustering import hierarchical_kmeans
+from hierclr.clustering import KMeansSettings, hierarchical_kmeans
 
 
 def clustered_features(n: int, dim: int, centres: int, seed: int = 0) -> np.ndarray:
@@ -33,8 +33,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--sizes", default="3000,2000,1000")
-    ap.add_argument("--niter", type=int, default=20)
-    ap.add_argument("--nredo", type=int, default=5)
+    ap.add_argument("--niter", type=int, default=KMeansSettings().niter)
+    ap.add_argument("--nredo", type=int, default=KMeansSettings().nredo)
     ap.add_argument("--backends", default="faiss", help="comma list of faiss,torch")
     ap.add_argument("--device", default=None, help="cpu (default) or cuda")
     ap.add_argument("--repeats", type=int, default=1)
@@ -43,12 +43,13 @@ def main() -> None:
     x = clustered_features(args.n, args.dim, centres=sizes[0] // 3)
     results = {}
     for backend in args.backends.split(","):
+        settings = KMeansSettings(niter=args.niter, nredo=args.nredo, backend=backend, device=args.device)
         times = []
         for _ in range(args.repeats):
             if args.device and args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            p = hierarchical_kmeans(x, sizes, niter=args.niter, nredo=args.nredo, backend=backend, device=args.device)
+            p = hierarchical_kmeans(x, sizes, settings)
             if args.device and args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)

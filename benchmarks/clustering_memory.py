@@ -46,7 +46,7 @@ def one_point(n: int, m1: int, dim: int, niter: int, nredo: int, seed: int) -> d
     """Runs in the child process: measure one (N, M_1)."""
     import numpy as np
 
-    from hierclr.clustering import hierarchical_kmeans
+    from hierclr.clustering import KMeansSettings, hierarchical_kmeans
 
     idle = rss_bytes()
     rng = np.random.default_rng(seed)
@@ -57,8 +57,9 @@ def one_point(n: int, m1: int, dim: int, niter: int, nredo: int, seed: int) -> d
         rows = centres[rng.integers(0, centres.shape[0], e - s)] + 0.5 * rng.standard_normal((e - s, dim))
         x[s:e] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     with_features = rss_bytes()
+    settings = KMeansSettings(niter=niter, nredo=nredo, seed=seed, backend="faiss")
     t0 = time.perf_counter()
-    protos = hierarchical_kmeans(x, level_sizes(m1), niter=niter, nredo=nredo, seed=seed, backend="faiss")
+    protos = hierarchical_kmeans(x, level_sizes(m1), settings)
     seconds = time.perf_counter() - t0
     peak = peak_rss_bytes()
     return {
@@ -80,7 +81,7 @@ def analytic_bytes(n: int, dim: int, m1: int, levels: int = 3, max_points_per_ce
     per row), the final assignment search and its copies, the (n, levels) int64 composed assignments.
     ``centroids``: all levels (1.5 MiB for 3000 x 128). These four are what ``hierarchical_kmeans`` alone
     needs (compare with the fit). ``service_copy``: the single-actor service clusters an id-sorted copy of
-    the rows it received (``clustering_service``: ``self._x[order]``), one more (n, d) float32."""
+    the rows it received (``hierclr.service.actors``: ``self._x[order]``), one more (n, d) float32."""
     sample = min(n, m1 * max_points_per_centroid)
     return {
         "features": n * dim * 4,
@@ -92,11 +93,13 @@ def analytic_bytes(n: int, dim: int, m1: int, levels: int = 3, max_points_per_ce
 
 
 def main() -> None:
+    from hierclr.clustering import KMeansSettings  # one_point imports it too, before its idle RSS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", default="20000,50000,100000", help="comma list of N (rows)")
     ap.add_argument("--m1", default="1000,3000", help="comma list of M_1 (finest level; levels M_1, 2M_1/3, M_1/3)")
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--niter", type=int, default=20)
+    ap.add_argument("--niter", type=int, default=KMeansSettings().niter)
     ap.add_argument("--nredo", type=int, default=1, help="restarts (time only; memory is the same)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--estimate-n", type=int, default=1_281_167, help="N of the analytic estimate (ImageNet-1k)")

@@ -29,10 +29,12 @@ from hierclr.clustering.kmeans import (
     update_centroids,
 )
 from hierclr.clustering.prototypes import Prototypes, compose_assignments
+from hierclr.clustering.settings import KMeansSettings
 
 __all__ = [
     "FeatureShards",
     "KMeansResult",
+    "KMeansSettings",
     "LocalShards",
     "Prototypes",
     "assign",

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from hierclr.clustering.arrays import as_numpy
+from hierclr.clustering.settings import DEFAULTS
 
 
 def concentration(
@@ -13,8 +14,8 @@ def concentration(
     centroids,
     assignments,
     *,
-    temperature: float = 0.2,
-    smooth: float = 10.0,
+    temperature: float = DEFAULTS.temperature,
+    smooth: float = DEFAULTS.smooth,
 ) -> Tensor:
     """Concentration phi of every cluster, HCSC Eq. 3 as the reference code computes it.
 
@@ -55,8 +56,8 @@ def concentration_from_distances(
     assignments,
     num_clusters: int,
     *,
-    temperature: float = 0.2,
-    smooth: float = 10.0,
+    temperature: float = DEFAULTS.temperature,
+    smooth: float = DEFAULTS.smooth,
 ) -> Tensor:
     """As :func:`concentration`, from each point's (non-squared) L2 distance to its centroid."""
     d = as_numpy(distances, np.float64, "distances")

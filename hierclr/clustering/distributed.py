@@ -7,7 +7,8 @@ their total goes through :func:`~hierclr.clustering.kmeans.update_centroids`. Th
 the torch backend's algorithm (:func:`~hierclr.clustering.kmeans._kmeans_torch`): the same seeded
 ``torch.Generator`` draws the same training subsample and the same random initial centroids, the same
 empty-cluster split, the best of ``nredo`` runs by objective and a final search of every row. So with the
-same inputs it equals ``kmeans(x_sorted_by_id, k, backend="torch")`` up to the order of floating-point sums.
+same inputs and :class:`~hierclr.clustering.settings.KMeansSettings` it equals
+``kmeans(x_sorted_by_id, k, settings)`` with ``backend="torch"`` up to the order of floating-point sums.
 
 Row order: the *global position* of a row is its rank among all rows sorted by dataset id, i.e. row
 ``p`` of ``x_sorted_by_id``. Shards address rows by global position.
@@ -26,6 +27,7 @@ from hierclr.clustering.arrays import as_numpy
 from hierclr.clustering.hierarchical import build_hierarchy, drop_small_clusters, validate_sizes
 from hierclr.clustering.kmeans import KMeansResult, lloyd_partial_sums, nearest_centroid, update_centroids
 from hierclr.clustering.prototypes import Prototypes
+from hierclr.clustering.settings import KMeansSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +63,22 @@ class FeatureShards(Protocol):
 def distributed_kmeans(
     shards: FeatureShards,
     k: int,
+    settings: KMeansSettings,
     *,
-    niter: int = 20,
-    nredo: int = 5,
-    seed: int = 0,
-    max_points_per_centroid: int = 1000,
     init_centroids=None,
     verbose: bool = False,
 ) -> KMeansResult:
     """K-means of the rows of ``shards`` into ``k`` clusters by distributed Lloyd iterations.
 
-    Same algorithm, random draws and result as ``kmeans(x_sorted_by_id, k, backend="torch", ...)``
-    (see the module docstring); centroids are updated on the CPU in float64 from the summed shard
-    statistics. ``init_centroids`` (``(k, d)``) replaces the random start (then ``nredo`` must be 1).
+    Same algorithm, random draws and result as ``kmeans(x_sorted_by_id, k, settings)`` with
+    ``backend="torch"`` (see the module docstring; ``settings.backend``/``device`` are not used: each
+    shard computes where its rows live); centroids are updated on the CPU in float64 from the summed
+    shard statistics. ``init_centroids`` (``(k, d)``) replaces the random start (then ``nredo`` must be 1).
     """
+    niter, nredo, seed = settings.niter, settings.nredo, settings.seed
+    max_points_per_centroid = settings.max_points_per_centroid
     if k < 1:
         raise ValueError(f"distributed_kmeans: k must be >= 1, got {k}")
-    if niter < 1 or nredo < 1:
-        raise ValueError(f"distributed_kmeans: niter and nredo must be >= 1, got niter={niter}, nredo={nredo}")
     n, d = int(shards.num_rows), int(shards.dim)
     if n < k:
         raise ValueError(f"distributed_kmeans: fewer points ({n}) than clusters ({k})")
@@ -128,23 +128,13 @@ def reduce_partial_sums(parts: Sequence[PartialSums], k: int, d: int) -> Partial
 
 
 def distributed_level0(
-    shards: FeatureShards,
-    k: int,
-    *,
-    niter: int = 20,
-    nredo: int = 5,
-    seed: int = 0,
-    max_points_per_centroid: int = 1000,
-    min_cluster_size: int = 0,
-    verbose: bool = False,
+    shards: FeatureShards, k: int, settings: KMeansSettings, *, verbose: bool = False
 ) -> KMeansResult:
-    """Level 0 of the E-step over shards: :func:`distributed_kmeans` with seed ``seed + 0``, then the
-    paper's ``min_cluster_size`` drop (survivors re-searched through the shards), as
+    """Level 0 of the E-step over shards: :func:`distributed_kmeans` with seed ``settings.seed + 0``, then
+    the paper's ``min_cluster_size`` drop (survivors re-searched through the shards), as
     :func:`~hierclr.clustering.hierarchical.level0_kmeans` does for one process."""
-    res = distributed_kmeans(
-        shards, k, niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=max_points_per_centroid,
-        verbose=verbose,
-    )
+    res = distributed_kmeans(shards, k, settings, verbose=verbose)
+    min_cluster_size = settings.min_cluster_size
     if min_cluster_size > 0:
         def reassign(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             d2, idx = shards.assign(torch.from_numpy(np.ascontiguousarray(c, np.float32)))
@@ -157,30 +147,16 @@ def distributed_level0(
 def distributed_hierarchical_kmeans(
     shards: FeatureShards,
     sizes: Sequence[int],
+    settings: KMeansSettings,
     *,
-    niter: int = 20,
-    nredo: int = 5,
-    temperature: float = 0.2,
-    smooth: float = 10.0,
-    min_cluster_size: int = 0,
-    seed: int = 0,
-    backend: str = "torch",
-    max_points_per_centroid: int = 1000,
     epoch: int | None = None,
     verbose: bool = False,
 ) -> Prototypes:
-    """:func:`~hierclr.clustering.hierarchical_kmeans` with a distributed level 0; ``backend`` is used
-    for the (small) levels above. Assignments are in global order (rows sorted by dataset id)."""
+    """:func:`~hierclr.clustering.hierarchical_kmeans` with a distributed level 0; ``settings.backend`` is
+    used for the (small) levels above. Assignments are in global order (rows sorted by dataset id)."""
     sizes = validate_sizes(sizes)
-    level0 = distributed_level0(
-        shards, sizes[0], niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=max_points_per_centroid,
-        min_cluster_size=min_cluster_size, verbose=verbose,
-    )
-    return build_hierarchy(
-        level0, sizes, niter=niter, nredo=nredo, temperature=temperature, smooth=smooth, seed=seed, backend=backend,
-        max_points_per_centroid=max_points_per_centroid, min_cluster_size=min_cluster_size, epoch=epoch,
-        verbose=verbose,
-    )
+    level0 = distributed_level0(shards, sizes[0], settings, verbose=verbose)
+    return build_hierarchy(level0, sizes, settings, epoch=epoch, verbose=verbose)
 
 
 def expand_to_ids(prototypes: Prototypes, ids, num_rows: int) -> Prototypes:

@@ -17,8 +17,9 @@ from torch import Tensor
 
 from hierclr.clustering.concentration import concentration_from_distances
 from hierclr.clustering.hierarchical import prepare_features
-from hierclr.clustering.kmeans import Backend, KMeansResult, kmeans
+from hierclr.clustering.kmeans import KMeansResult, kmeans
 from hierclr.clustering.prototypes import Prototypes
+from hierclr.clustering.settings import KMeansSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,44 +38,35 @@ def validate_num_clusters(num_clusters: Sequence[int]) -> tuple[int, ...]:
 def flat_multi_kmeans(
     features,
     num_clusters: Sequence[int],
+    settings: KMeansSettings,
     *,
-    niter: int = 20,
-    nredo: int = 5,
-    temperature: float = 0.2,
-    smooth: float = 10.0,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    backend: Backend = "auto",
-    max_points_per_centroid: int = 1000,
-    min_points_per_centroid: int = 10,
     epoch: int | None = None,
     verbose: bool = False,
 ) -> Prototypes:
     """PCL's multi-granularity clustering of ``features`` (``(N, d)``, row i = dataset id i).
 
-    Clustering ``i`` is an independent K-means into ``num_clusters[i]`` clusters with seed ``seed + i``
-    (the sizes need not decrease); its phi follows Eq. 3 on the images; ``assignments[:, i]`` is
-    straight from clustering ``i`` (not composed). See :func:`flat_prototypes` for ``parents``.
+    Clustering ``i`` is an independent K-means into ``num_clusters[i]`` clusters with seed
+    ``settings.seed + i`` (the sizes need not decrease); its phi follows Eq. 3 on the images;
+    ``assignments[:, i]`` is straight from clustering ``i`` (not composed). See :func:`flat_prototypes`
+    for ``parents``. ``settings.min_cluster_size`` is not used (PCL drops no cluster).
     """
     ks = validate_num_clusters(num_clusters)
-    x = prepare_features(features, backend, device)
+    x = prepare_features(features, settings.backend, settings.device)
     if x.shape[0] < max(ks):
         raise ValueError(f"fewer points ({x.shape[0]}) than clusters ({max(ks)}) in num_clusters {list(ks)}")
     results = [
-        kmeans(
-            x, k, niter=niter, nredo=nredo, seed=seed + i, max_points_per_centroid=max_points_per_centroid,
-            min_points_per_centroid=min_points_per_centroid, backend=backend, device=device, verbose=verbose,
-        )
+        kmeans(x, k, settings.model_copy(update={"seed": settings.seed + i}), verbose=verbose)
         for i, k in enumerate(ks)
     ]
-    protos = flat_prototypes(results, temperature=temperature, smooth=smooth, epoch=epoch)
-    return protos.to(device) if device is not None else protos
+    protos = flat_prototypes(results, settings, epoch=epoch)
+    return protos.to(settings.device) if settings.device is not None else protos
 
 
 def flat_prototypes(
-    results: Sequence[KMeansResult], *, temperature: float = 0.2, smooth: float = 10.0, epoch: int | None = None
+    results: Sequence[KMeansResult], settings: KMeansSettings, *, epoch: int | None = None
 ) -> Prototypes:
-    """:class:`Prototypes` from finished flat clusterings of the same rows (one level each).
+    """:class:`Prototypes` from finished flat clusterings of the same rows (one level each), phi (Eq. 3)
+    with ``settings.temperature`` and ``settings.smooth``.
 
     ``parents[l]`` is required by :class:`Prototypes` (a level-``l`` -> level-``l+1`` map) but PCL has
     no tree and does not use it: it is filled with the majority vote (:func:`majority_parents`),
@@ -90,7 +82,9 @@ def flat_prototypes(
     for r in results:
         k = r.centroids.shape[0]
         phis.append(
-            concentration_from_distances(np.sqrt(r.sq_distances), r.assignments, k, temperature=temperature, smooth=smooth)
+            concentration_from_distances(
+                np.sqrt(r.sq_distances), r.assignments, k, temperature=settings.temperature, smooth=settings.smooth,
+            )
         )
         norms = np.linalg.norm(r.centroids, axis=1, keepdims=True)
         centroids.append(torch.from_numpy((r.centroids / np.maximum(norms, 1e-12)).astype(np.float32)))

@@ -11,8 +11,9 @@ import torch
 
 from hierclr.clustering.arrays import as_numpy
 from hierclr.clustering.concentration import concentration_from_distances
-from hierclr.clustering.kmeans import Backend, KMeansResult, assign, kmeans, resolve_backend
+from hierclr.clustering.kmeans import KMeansResult, assign, kmeans, resolve_backend
 from hierclr.clustering.prototypes import Prototypes, compose_assignments
+from hierclr.clustering.settings import DEFAULTS, Backend, KMeansSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,8 @@ def _l2_normalize(c: np.ndarray) -> np.ndarray:
 def hierarchical_kmeans(
     features,
     sizes: Sequence[int],
+    settings: KMeansSettings = DEFAULTS,
     *,
-    niter: int = 20,
-    nredo: int = 5,
-    temperature: float = 0.2,
-    smooth: float = 10.0,
-    min_cluster_size: int = 0,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    backend: Backend = "auto",
-    max_points_per_centroid: int = 1000,
-    min_points_per_centroid: int = 10,
     epoch: int | None = None,
     verbose: bool = False,
 ) -> Prototypes:
@@ -61,40 +53,30 @@ def hierarchical_kmeans(
     Per the HCSC reference code (spec "E-step"): level 0 is K-means of the features; level
     ``l > 0`` is K-means of the L2-normalised centroids of level ``l - 1`` (unweighted), and
     ``parents[l-1]`` maps each level-``(l-1)`` prototype to its level-``l`` cluster. Image
-    assignments above level 0 are composed through the tree. Level ``l`` uses seed ``seed + l``
+    assignments above level 0 are composed through the tree. Level ``l`` uses seed ``settings.seed + l``
     (``seed=0`` is the official ``seed = level index``). phi per level follows Eq. 3
     (:func:`~hierclr.clustering.concentration.concentration`), with members = images at level 0
     and child centroids above, distances measured to the un-normalised centroids.
 
-    ``min_cluster_size > 0`` is the paper's option (Sec. 5.1: "clusters with less than 10 samples
-    are discarded"): level-0 clusters with fewer images are *dropped* and their images reassigned to
-    the nearest surviving centroid, so level 0 may end with fewer prototypes than requested. Higher
+    ``settings.min_cluster_size > 0`` is the paper's option (Sec. 5.1: "clusters with less than 10
+    samples are discarded"): level-0 clusters with fewer images are *dropped* and their images reassigned
+    to the nearest surviving centroid, so level 0 may end with fewer prototypes than requested. Higher
     levels contain whole level-0 clusters, so they meet the minimum (in images) automatically.
     The official code does not do this (default 0).
 
-    ``device``/``backend``: see :func:`~hierclr.clustering.kmeans.resolve_backend`. The returned
-    prototypes live on ``device`` (CPU when ``None``).
+    ``settings.device``/``backend``: see :func:`~hierclr.clustering.kmeans.resolve_backend`. The returned
+    prototypes live on ``settings.device`` (CPU when ``None``).
 
     The two steps are also public: :func:`level0_kmeans` (K-means of the images) and
     :func:`build_hierarchy` (everything above it), so that a distributed level 0
     (:mod:`hierclr.clustering.distributed`) can share the rest.
     """
     sizes = validate_sizes(sizes)
-    if min_cluster_size < 0:
-        raise ValueError(f"min_cluster_size must be >= 0, got {min_cluster_size}")
-    x = prepare_features(features, backend, device)
+    x = prepare_features(features, settings.backend, settings.device)
     if x.shape[0] < sizes[0]:
         raise ValueError(f"fewer points ({x.shape[0]}) than clusters at level 0 ({sizes[0]})")
-    level0 = level0_kmeans(
-        x, sizes[0], niter=niter, nredo=nredo, seed=seed, min_cluster_size=min_cluster_size, device=device,
-        backend=backend, max_points_per_centroid=max_points_per_centroid,
-        min_points_per_centroid=min_points_per_centroid, verbose=verbose,
-    )
-    return build_hierarchy(
-        level0, sizes, niter=niter, nredo=nredo, temperature=temperature, smooth=smooth, seed=seed,
-        device=device, backend=backend, max_points_per_centroid=max_points_per_centroid,
-        min_cluster_size=min_cluster_size, epoch=epoch, verbose=verbose,
-    )
+    level0 = level0_kmeans(x, sizes[0], settings, verbose=verbose)
+    return build_hierarchy(level0, sizes, settings, epoch=epoch, verbose=verbose)
 
 
 def prepare_features(features, backend: Backend, device: torch.device | str | None):
@@ -110,29 +92,15 @@ def prepare_features(features, backend: Backend, device: torch.device | str | No
     return x
 
 
-def level0_kmeans(
-    x,
-    k: int,
-    *,
-    niter: int = 20,
-    nredo: int = 5,
-    seed: int = 0,
-    min_cluster_size: int = 0,
-    device: torch.device | str | None = None,
-    backend: Backend = "auto",
-    max_points_per_centroid: int = 1000,
-    min_points_per_centroid: int = 10,
-    verbose: bool = False,
-) -> KMeansResult:
-    """Level 0 of the E-step (spec step 2): K-means of the images with seed ``seed + 0``, then the
-    paper's optional ``min_cluster_size`` drop (see :func:`drop_small_clusters`)."""
-    res = kmeans(
-        x, k, niter=niter, nredo=nredo, seed=seed,
-        max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=min_points_per_centroid,
-        backend=backend, device=device, verbose=verbose,
-    )
-    if min_cluster_size > 0:
-        res = drop_small_clusters(res, min_cluster_size, lambda c: assign(x, c, backend=backend, device=device))
+def level0_kmeans(x, k: int, settings: KMeansSettings, *, verbose: bool = False) -> KMeansResult:
+    """Level 0 of the E-step (spec step 2): K-means of the images with seed ``settings.seed + 0``, then
+    the paper's optional ``min_cluster_size`` drop (see :func:`drop_small_clusters`)."""
+    res = kmeans(x, k, settings, verbose=verbose)
+    if settings.min_cluster_size > 0:
+        res = drop_small_clusters(
+            res, settings.min_cluster_size,
+            lambda c: assign(x, c, backend=settings.backend, device=settings.device),
+        )
     return res
 
 
@@ -165,21 +133,13 @@ def drop_small_clusters(
 def build_hierarchy(
     level0: KMeansResult,
     sizes: Sequence[int],
+    settings: KMeansSettings,
     *,
-    niter: int = 20,
-    nredo: int = 5,
-    temperature: float = 0.2,
-    smooth: float = 10.0,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    backend: Backend = "auto",
-    max_points_per_centroid: int = 1000,
-    min_cluster_size: int = 0,
     epoch: int | None = None,
     verbose: bool = False,
 ) -> Prototypes:
     """The prototypes from a finished level 0 (spec E-step 3-5): phi of level 0 from the images'
-    distances, levels ``1..L-1`` by K-means of the normalised centroids below (seed ``seed + l``),
+    distances, levels ``1..L-1`` by K-means of the normalised centroids below (seed ``settings.seed + l``),
     parents, and assignments composed through the tree.
 
     ``level0`` is the (possibly small-cluster-dropped) K-means of the images; ``sizes`` are all the
@@ -188,6 +148,7 @@ def build_hierarchy(
     """
     sizes = validate_sizes(sizes)
     cent, idx, d2 = level0.centroids, level0.assignments, level0.sq_distances
+    temperature, smooth, device = settings.temperature, settings.smooth, settings.device
     phis = [concentration_from_distances(np.sqrt(d2), idx, cent.shape[0], temperature=temperature, smooth=smooth)]
     points = _l2_normalize(cent)
     centroids, parents = [torch.from_numpy(points)], []
@@ -197,15 +158,12 @@ def build_hierarchy(
         if points.shape[0] < k:
             raise ValueError(
                 f"level {level}: fewer points ({points.shape[0]} level-{level - 1} prototypes) than clusters ({k}); "
-                f"choose smaller sizes{' or a smaller min_cluster_size' if min_cluster_size else ''}"
+                f"choose smaller sizes{' or a smaller min_cluster_size' if settings.min_cluster_size else ''}"
             )
-        res = kmeans(
-            points, k, niter=niter, nredo=nredo, seed=seed + level,
-            max_points_per_centroid=max_points_per_centroid,
-            # faiss only *warns* below this; upper levels always are (3000 -> 2000), so warn at level 0 only.
-            min_points_per_centroid=1,
-            backend=backend, device=device, verbose=verbose,
-        )
+        # faiss only *warns* below min_points_per_centroid; upper levels always are (3000 -> 2000), so
+        # warn at level 0 only.
+        level_settings = settings.model_copy(update={"seed": settings.seed + level, "min_points_per_centroid": 1})
+        res = kmeans(points, k, level_settings, verbose=verbose)
         phis.append(
             concentration_from_distances(
                 np.sqrt(res.sq_distances), res.assignments, res.centroids.shape[0],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
 import faiss
 import numpy as np
@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 
 from hierclr.clustering.arrays import as_numpy
+from hierclr.clustering.settings import DEFAULTS, Backend, KMeansSettings
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "faiss", "torch"]
-BACKENDS = ("auto", "faiss", "torch")
+BACKENDS = get_args(Backend)
 
 # faiss's split of an empty cluster perturbs the copied centroid by this relative amount.
 _SPLIT_EPS = 1.0 / 1024.0
@@ -65,40 +65,30 @@ def resolve_backend(backend: str, device: torch.device | str | None) -> tuple[st
 def kmeans(
     x,
     k: int,
+    settings: KMeansSettings = DEFAULTS,
     *,
-    niter: int = 20,
-    nredo: int = 5,
-    seed: int = 0,
-    max_points_per_centroid: int = 1000,
-    min_points_per_centroid: int = 10,
-    backend: Backend = "auto",
-    device: torch.device | str | None = None,
     init_centroids=None,
     verbose: bool = False,
 ) -> KMeansResult:
-    """K-means of ``x`` (``(n, d)``) into ``k`` clusters, with faiss's official HCSC settings.
+    """K-means of ``x`` (``(n, d)``) into ``k`` clusters; ``settings`` default to faiss's official HCSC ones.
 
-    ``init_centroids`` (``(k, d)``) replaces the random initialisation (then ``nredo`` must be 1);
-    this is how the two backends are compared on the same start.
+    Reads ``niter``, ``nredo``, ``seed``, ``max/min_points_per_centroid``, ``backend`` and ``device``
+    from ``settings``. ``init_centroids`` (``(k, d)``) replaces the random initialisation (then
+    ``nredo`` must be 1); this is how the two backends are compared on the same start.
     """
     if k < 1:
         raise ValueError(f"kmeans: k must be >= 1, got {k}")
-    if niter < 1 or nredo < 1:
-        raise ValueError(f"kmeans: niter and nredo must be >= 1, got niter={niter}, nredo={nredo}")
     n = int(x.shape[0])
     if n < k:
         raise ValueError(f"kmeans: fewer points ({n}) than clusters ({k})")
-    if init_centroids is not None and nredo != 1:
+    if init_centroids is not None and settings.nredo != 1:
         raise ValueError("kmeans: init_centroids given, so nredo must be 1 (every redo would start the same)")
-    name, dev = resolve_backend(backend, device)
+    name, dev = resolve_backend(settings.backend, settings.device)
     if name == "faiss":
-        return _kmeans_faiss(
-            x, k, niter=niter, nredo=nredo, seed=seed, max_ppc=max_points_per_centroid,
-            min_ppc=min_points_per_centroid, device=dev, init=init_centroids, verbose=verbose,
-        )
+        return _kmeans_faiss(x, k, settings, device=dev, init=init_centroids, verbose=verbose)
     return _kmeans_torch(
-        x, k, niter=niter, nredo=nredo, seed=seed, max_ppc=max_points_per_centroid,
-        device=dev, init=init_centroids, verbose=verbose,
+        x, k, niter=settings.niter, nredo=settings.nredo, seed=settings.seed,
+        max_ppc=settings.max_points_per_centroid, device=dev, init=init_centroids, verbose=verbose,
     )
 
 
@@ -129,15 +119,15 @@ def _faiss_flat_index(d: int, device: torch.device):
     return faiss.IndexFlatL2(d)
 
 
-def _kmeans_faiss(x, k, *, niter, nredo, seed, max_ppc, min_ppc, device, init, verbose) -> KMeansResult:
+def _kmeans_faiss(x, k, settings: KMeansSettings, *, device, init, verbose) -> KMeansResult:
     xs = as_numpy(x, np.float32, "features")
     d = xs.shape[1]
     clus = faiss.Clustering(d, k)
-    clus.niter = niter
-    clus.nredo = nredo
-    clus.seed = seed
-    clus.max_points_per_centroid = max_ppc
-    clus.min_points_per_centroid = min_ppc
+    clus.niter = settings.niter
+    clus.nredo = settings.nredo
+    clus.seed = settings.seed
+    clus.max_points_per_centroid = settings.max_points_per_centroid
+    clus.min_points_per_centroid = settings.min_points_per_centroid
     clus.spherical = False
     clus.verbose = verbose
     if init is not None:

@@ -31,7 +31,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from hierclr.clustering import hierarchical_kmeans
+    from hierclr.clustering import KMeansSettings, hierarchical_kmeans
 
     path = Path(args.features)
     if not path.is_file():
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
     t0 = time.perf_counter()
     given = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
-    protos = hierarchical_kmeans(feats, args.sizes, **given)
+    protos = hierarchical_kmeans(feats, args.sizes, KMeansSettings(**given))
     seconds = time.perf_counter() - t0
     out = protos.save(args.out)
     summary = {"features": str(path), "shape": list(feats.shape), "sizes": list(protos.sizes),

@@ -2,27 +2,18 @@
 K-means entry point) and the Ray actor pool that runs it."""
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator
 
 from hierclr.clustering.hierarchical import validate_sizes
+from hierclr.clustering.settings import KMeansSettings
 from hierclr.config.loader import Section
 
 
-class ClusteringConfig(Section):
-    """E-step settings (spec "E-step"); defaults are the official HCSC ImageNet settings."""
+class ClusteringConfig(KMeansSettings):
+    """E-step settings (spec "E-step"): the K-means settings, passed whole to the clustering functions,
+    plus the prototype counts per level; defaults are the official HCSC ImageNet settings."""
 
     sizes: tuple[int, ...] = (3000, 2000, 1000)
-    niter: int = Field(20, ge=1)
-    nredo: int = Field(5, ge=1)
-    temperature: float = Field(0.2, gt=0, description="mean phi after rescaling (Eq. 3)")
-    smooth: float = Field(10.0, gt=0, description="epsilon of Eq. 3")
-    min_cluster_size: int = Field(0, ge=0, description="paper option: drop level-0 clusters smaller than this")
-    seed: int = 0
-    backend: Literal["auto", "faiss", "torch"] = "auto"
-    max_points_per_centroid: int = Field(1000, ge=1)
-    min_points_per_centroid: int = Field(10, ge=1)
 
     @field_validator("sizes")
     @classmethod

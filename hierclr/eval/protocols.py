@@ -12,6 +12,7 @@ Plain numpy / torch / faiss / scikit-learn: the Ray side (:mod:`hierclr.runtime.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ import torch
 from hierclr.eval.clustering_scores import clustering_scores
 from hierclr.eval.hierarchy_ami import prototype_label_ami
 from hierclr.eval.knn import knn_predict_from_topk, knn_topk
+
+if TYPE_CHECKING:
+    from hierclr.clustering.settings import KMeansSettings
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -48,9 +52,9 @@ def knn_protocol(train_feats, train_labels, val_feats, val_labels, *, ks: Sequen
     return out
 
 
-def clustering_protocol(feats, labels, ks: Sequence[int], *, seed: int = 0, niter: int = 20, nredo: int = 5,
-                        backend: str = "auto") -> dict[str, float]:
-    """``clustering/k{K}/{nmi,ami,acc}`` for every K (K-means on L2-normalised features, faiss settings)."""
+def clustering_protocol(feats, labels, ks: Sequence[int], settings: KMeansSettings) -> dict[str, float]:
+    """``clustering/k{K}/{nmi,ami,acc}`` for every K: K-means with ``settings`` (whole) on the L2-normalised
+    features."""
     from hierclr.clustering.kmeans import kmeans
 
     x = _l2(feats)
@@ -59,20 +63,22 @@ def clustering_protocol(feats, labels, ks: Sequence[int], *, seed: int = 0, nite
     for k in ks:
         if k > len(x):
             raise ValueError(f"clustering: K={k} exceeds the {len(x)} evaluated images")
-        res = kmeans(x, int(k), niter=niter, nredo=nredo, seed=seed, backend=backend)
+        res = kmeans(x, int(k), settings)
         assign = np.asarray(res.assignments)
         out.update({f"clustering/k{k}/{name}": v for name, v in clustering_scores(y, assign).items()})
     return out
 
 
 def hierarchy_protocol(feats, labels_by_level: np.ndarray, *, sizes: Sequence[int] | None = None,
-                       prototype_assignments: np.ndarray | None = None, seed: int = 0, niter: int = 20,
+                       prototype_assignments: np.ndarray | None = None, seed: int = 0,
                        backend: str = "auto", max_samples: int | None = 50_000) -> dict[str, float]:
     """AMI against every label level (paper Table 11). ``hierarchy/kmeans_label{m}``: K-means with K = the
     number of classes at level m (``sizes``, default: distinct labels per level) against level m's labels.
     ``prototype_assignments`` ``(N, Lp)`` (the model's hierarchical prototypes, rows aligned with
-    ``labels_by_level``) adds :func:`prototype_label_ami`'s ``ami/...`` keys under ``hierarchy/``."""
+    ``labels_by_level``) adds :func:`prototype_label_ami`'s ``ami/...`` keys under ``hierarchy/``. K-means per
+    level m: the default settings with one run (``nredo=1``) and seed ``seed + m``."""
     from hierclr.clustering.kmeans import kmeans
+    from hierclr.clustering.settings import KMeansSettings
 
     y = np.asarray(labels_by_level)
     if y.ndim != 2:
@@ -82,7 +88,7 @@ def hierarchy_protocol(feats, labels_by_level: np.ndarray, *, sizes: Sequence[in
         sizes = [len(np.unique(y[y[:, m] >= 0, m])) for m in range(y.shape[1])]
     assigns = []
     for m, k in enumerate(sizes):
-        res = kmeans(x, int(k), niter=niter, nredo=1, seed=seed + m, backend=backend)
+        res = kmeans(x, int(k), KMeansSettings(nredo=1, seed=seed + m, backend=backend))
         assigns.append(np.asarray(res.assignments))
     per_level = prototype_label_ami(np.stack(assigns, 1), y, max_samples=max_samples, seed=seed)
     out = {f"hierarchy/kmeans_label{m}": per_level[f"ami/proto{m}_label{m}"] for m in range(y.shape[1])

@@ -204,6 +204,7 @@ def results_table(results: dict[str, float]) -> str:
 
 def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     """Evaluate ``cfg.source`` with ``cfg.protocols``; returns the results and where they were written."""
+    from hierclr.clustering.settings import KMeansSettings
     from hierclr.config.loader import flatten
     from hierclr.data import open_source
     from hierclr.eval.protocols import clustering_protocol, hierarchy_protocol, knn_protocol
@@ -263,8 +264,8 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
             keep = s["labels"] >= 0
             ks = cfg.clustering.ks or (num_classes, num_classes * cfg.clustering.overcluster)
             ks = tuple(k for k in ks if k <= keep.sum())
-            results.update(clustering_protocol(s["feats"][keep], s["labels"][keep], ks, seed=cfg.seed,
-                                               nredo=cfg.clustering.nredo))
+            results.update(clustering_protocol(s["feats"][keep], s["labels"][keep], ks,
+                                               KMeansSettings(nredo=cfg.clustering.nredo, seed=cfg.seed)))
         if "hierarchy" in cfg.protocols:
             s = feats["train"]
             keep = s["labels"] >= 0

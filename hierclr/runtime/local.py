@@ -106,11 +106,7 @@ def run_local_hcsc(cfg: LocalRunConfig, on_epoch: Callable[[dict], None] | None 
         protos = None
         if not objective.in_warmup(epoch):
             ids, feats = embed_features(model, _batches(train_x, cfg.batch_size))
-            protos = hierarchical_kmeans(
-                feats[torch.argsort(ids)], cfg.clustering.sizes, niter=cfg.clustering.niter,
-                nredo=cfg.clustering.nredo, temperature=cfg.clustering.temperature,
-                seed=cfg.clustering.seed, epoch=epoch,
-            )
+            protos = hierarchical_kmeans(feats[torch.argsort(ids)], cfg.clustering.sizes, cfg.clustering, epoch=epoch)
         model.train()
         perm = torch.randperm(cfg.train_images, generator=gen)
         sums: dict[str, float] = {}

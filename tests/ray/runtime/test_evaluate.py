@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(900)
 def _pretrain_checkpoint(tmp: Path, tracking_uri: str) -> tuple[Path, str, MoCo]:
     """A hierclr pretraining checkpoint (random resnet10 MoCo) whose state names an MLflow run of this store, with
     hierarchical prototypes over the 359 val digits (ids 0..358)."""
-    from hierclr.clustering import hierarchical_kmeans
+    from hierclr.clustering import KMeansSettings, hierarchical_kmeans
     from hierclr.config.sections import TrackingSection
     from hierclr.runtime.tracking import Tracker
 
@@ -28,7 +28,7 @@ def _pretrain_checkpoint(tmp: Path, tracking_uri: str) -> tuple[Path, str, MoCo]
     moco = MoCo("resnet10", dim=16, hidden_dim=32, queue_size=32)
     tracker = Tracker.start(TrackingSection(uri=tracking_uri, experiment="pre"), run_name="pretrain", params={})
     protos = hierarchical_kmeans(np.random.default_rng(0).normal(size=(359, 8)).astype(np.float32), (12, 4),
-                                 nredo=1, seed=0)
+                                 KMeansSettings(nredo=1, seed=0))
     ckpt = tmp / "pretrain-run" / "checkpoint_000000"
     run_id = tracker.run_id
     save_checkpoint(ckpt, TrainingState(epoch=0, model=moco.state_dict(), optimizer={}, prototypes=protos,

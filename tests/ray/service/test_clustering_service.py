@@ -12,16 +12,10 @@ import pytest
 import torch
 from conftest import planted_hierarchy
 
-from hierclr.clustering import distributed_kmeans, flat_multi_kmeans, hierarchical_kmeans, kmeans
+from hierclr.clustering import KMeansSettings, distributed_kmeans, flat_multi_kmeans, hierarchical_kmeans, kmeans
 from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
-from hierclr.service.clustering_service import (
-    ActorShards,
-    ClusteringFailedError,
-    ClusteringService,
-    EStepStats,
-    KMeansActor,
-    connect,
-)
+from hierclr.service import ClusteringFailedError, ClusteringService, EStepStats, connect
+from hierclr.service.actors import ActorShards, KMeansActor
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,10 +58,7 @@ def run_ranks(name, epoch, shards, world_size=None):
 
 
 def expected(cfg, x, **kw):
-    return hierarchical_kmeans(
-        x, cfg.sizes, niter=cfg.niter, nredo=cfg.nredo, seed=cfg.seed, temperature=cfg.temperature,
-        smooth=cfg.smooth, min_cluster_size=cfg.min_cluster_size, backend=cfg.backend, **kw,
-    )
+    return hierarchical_kmeans(x, cfg.sizes, cfg, **kw)
 
 
 def assert_same(a, b, atol=1e-6):
@@ -112,7 +103,7 @@ def test_pcl_single_actor_is_flat_multi_kmeans(ray_session, data):
         (p, _), _ = run_ranks(svc.name, 0, shards)
     finally:
         svc.shutdown()
-    want = flat_multi_kmeans(x_sorted, (10, 30), niter=cfg.niter, nredo=cfg.nredo, seed=cfg.seed, epoch=0)
+    want = flat_multi_kmeans(x_sorted, (10, 30), cfg, epoch=0)
     assert_same(p, want)
 
 
@@ -128,11 +119,12 @@ def test_two_actor_lloyd_equals_one_kmeans_from_the_same_start(ray_session, data
         positions = [np.searchsorted(present, ids[0]) for ids, _ in loaded]
         ray_session.get([a.set_positions.remote(p) for a, p in zip(actors, positions)])
         init = x_sorted[np.random.default_rng(1).choice(480, 24, replace=False)]
-        got = distributed_kmeans(ActorShards(actors, positions, 16), 24, niter=10, nredo=1, init_centroids=init)
+        got = distributed_kmeans(ActorShards(actors, positions, 16), 24, KMeansSettings(niter=10, nredo=1),
+                                 init_centroids=init)
     finally:
         for a in actors:
             ray_session.kill(a)
-    want = kmeans(x_sorted, 24, niter=10, nredo=1, init_centroids=init, backend="torch")
+    want = kmeans(x_sorted, 24, KMeansSettings(niter=10, nredo=1, backend="torch"), init_centroids=init)
     np.testing.assert_allclose(got.centroids, want.centroids, atol=1e-4)
     np.testing.assert_array_equal(got.assignments, want.assignments)
     np.testing.assert_allclose(got.sq_distances, want.sq_distances, atol=1e-4)
@@ -147,10 +139,9 @@ def test_two_actor_service_equals_torch_clustering(ray_session, data, method):
     finally:
         svc.shutdown()
     assert stats.num_actors == 2
-    common = {"niter": cfg.niter, "nredo": cfg.nredo, "seed": cfg.seed, "backend": "torch", "epoch": 1,
-              "max_points_per_centroid": 15}
-    want = flat_multi_kmeans(x_sorted, (10, 30), **common) if method == "pcl" else hierarchical_kmeans(
-        x_sorted, SIZES, **common)
+    assert (cfg.backend, cfg.max_points_per_centroid) == ("torch", 15)
+    want = flat_multi_kmeans(x_sorted, (10, 30), cfg, epoch=1) if method == "pcl" else hierarchical_kmeans(
+        x_sorted, SIZES, cfg, epoch=1)
     assert_same(p, want, atol=1e-4)
 
 
@@ -164,7 +155,8 @@ def test_an_actor_crash_is_retried_once(ray_session, data, fault_plan):
         (p, stats), (p1, _) = run_ranks(svc.name, 5, shards)
         assert ray_session.get(svc.actors[1].ping.remote()) != pid  # restarted
         assert stats.attempts == 2
-        assert_same(p, hierarchical_kmeans(x_sorted, SIZES, niter=10, nredo=2, backend="torch", epoch=5), atol=1e-4)
+        want = hierarchical_kmeans(x_sorted, SIZES, KMeansSettings(niter=10, nredo=2, backend="torch"), epoch=5)
+        assert_same(p, want, atol=1e-4)
         assert_same(p, p1, atol=0)
         # the next epoch runs normally on the restarted actor
         (p6, s6), _ = run_ranks(svc.name, 6, shards)

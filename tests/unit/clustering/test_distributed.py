@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hierclr.clustering import (
+    KMeansSettings,
     LocalShards,
     build_hierarchy,
     distributed_hierarchical_kmeans,
@@ -41,8 +42,8 @@ def test_from_the_same_initial_centroids(rng):
     x = blobs(rng)
     shards, xs = sharded(rng, x)
     init = xs[rng.choice(len(xs), 6, replace=False)]
-    got = distributed_kmeans(LocalShards(shards), 6, niter=10, nredo=1, init_centroids=init)
-    want = kmeans(xs, 6, niter=10, nredo=1, init_centroids=init, backend="torch")
+    got = distributed_kmeans(LocalShards(shards), 6, KMeansSettings(niter=10, nredo=1), init_centroids=init)
+    want = kmeans(xs, 6, KMeansSettings(niter=10, nredo=1, backend="torch"), init_centroids=init)
     assert got.backend == "torch-distributed"
     assert_same_kmeans(got, want)
 
@@ -51,8 +52,9 @@ def test_from_the_same_initial_centroids(rng):
 def test_from_the_same_seed_with_redos(rng, max_ppc):
     x = blobs(rng, spread=0.8)  # overlapping blobs: the redos really differ
     shards, xs = sharded(rng, x)
-    got = distributed_kmeans(LocalShards(shards), 6, niter=8, nredo=3, seed=5, max_points_per_centroid=max_ppc)
-    want = kmeans(xs, 6, niter=8, nredo=3, seed=5, max_points_per_centroid=max_ppc, backend="torch")
+    settings = KMeansSettings(niter=8, nredo=3, seed=5, max_points_per_centroid=max_ppc, backend="torch")
+    got = distributed_kmeans(LocalShards(shards), 6, settings)
+    want = kmeans(xs, 6, settings)
     assert_same_kmeans(got, want)
 
 
@@ -60,8 +62,8 @@ def test_empty_clusters_are_split_the_same_way(rng):
     x = blobs(rng, k=3)
     shards, xs = sharded(rng, x, cuts=(40, 41))  # also a one-row shard
     init = np.concatenate([xs[:3], np.full((2, 16), 100.0, np.float32)])  # two centroids nobody is near
-    got = distributed_kmeans(LocalShards(shards), 5, niter=6, nredo=1, init_centroids=init)
-    want = kmeans(xs, 5, niter=6, nredo=1, init_centroids=init, backend="torch")
+    got = distributed_kmeans(LocalShards(shards), 5, KMeansSettings(niter=6, nredo=1), init_centroids=init)
+    want = kmeans(xs, 5, KMeansSettings(niter=6, nredo=1, backend="torch"), init_centroids=init)
     assert_same_kmeans(got, want)
     assert np.abs(got.centroids).max() < 50  # the far centroids were split off populated ones
 
@@ -70,8 +72,9 @@ def test_ids_with_gaps_and_an_empty_shard(rng):
     x = blobs(rng)
     shards, xs = sharded(rng, x, id_pool=np.arange(0, 3000, 7))  # 300 of 429 ids, not contiguous
     shards.append((np.zeros(0, np.int64), np.zeros((0, 16), np.float32)))
-    got = distributed_kmeans(LocalShards(shards), 6, niter=5, nredo=2, seed=1)
-    want = kmeans(xs, 6, niter=5, nredo=2, seed=1, backend="torch")
+    settings = KMeansSettings(niter=5, nredo=2, seed=1, backend="torch")
+    got = distributed_kmeans(LocalShards(shards), 6, settings)
+    want = kmeans(xs, 6, settings)
     assert_same_kmeans(got, want)
 
 
@@ -79,9 +82,10 @@ def test_ids_with_gaps_and_an_empty_shard(rng):
 def test_hierarchy_equals_hierarchical_kmeans(planted, rng, min_cluster_size):
     points, _ = planted
     shards, xs = sharded(rng, points, cuts=(500, 1000))
-    kw = {"niter": 10, "nredo": 2, "seed": 3, "temperature": 0.3, "min_cluster_size": min_cluster_size, "epoch": 2}
-    got = distributed_hierarchical_kmeans(LocalShards(shards), [60, 12, 4], backend="torch", **kw)
-    want = hierarchical_kmeans(xs, [60, 12, 4], backend="torch", **kw)
+    settings = KMeansSettings(niter=10, nredo=2, seed=3, temperature=0.3, min_cluster_size=min_cluster_size,
+                              backend="torch")
+    got = distributed_hierarchical_kmeans(LocalShards(shards), [60, 12, 4], settings, epoch=2)
+    want = hierarchical_kmeans(xs, [60, 12, 4], settings, epoch=2)
     assert got.sizes == want.sizes and got.epoch == 2
     if min_cluster_size:
         assert got.sizes[0] < 60  # the drop really happened
@@ -95,10 +99,10 @@ def test_hierarchy_equals_hierarchical_kmeans(planted, rng, min_cluster_size):
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
 def test_build_hierarchy_from_level0_is_hierarchical_kmeans(planted, backend):
     points, _ = planted
-    kw = {"niter": 10, "nredo": 2, "seed": 1, "backend": backend}
-    level0 = level0_kmeans(points, 40, **kw)
-    got = build_hierarchy(level0, [40, 10, 3], epoch=1, **kw)
-    want = hierarchical_kmeans(points, [40, 10, 3], epoch=1, **kw)
+    settings = KMeansSettings(niter=10, nredo=2, seed=1, backend=backend)
+    level0 = level0_kmeans(points, 40, settings)
+    got = build_hierarchy(level0, [40, 10, 3], settings, epoch=1)
+    want = hierarchical_kmeans(points, [40, 10, 3], settings, epoch=1)
     for a, b in zip(got.centroids + got.phi + got.parents, want.centroids + want.phi + want.parents):
         assert torch.equal(a, b)
     assert torch.equal(got.assignments, want.assignments)
@@ -106,7 +110,7 @@ def test_build_hierarchy_from_level0_is_hierarchical_kmeans(planted, backend):
 
 def test_expand_to_ids_marks_missing_ids(planted):
     points, _ = planted
-    protos = hierarchical_kmeans(points[:100], [5, 2], nredo=1)
+    protos = hierarchical_kmeans(points[:100], [5, 2], KMeansSettings(nredo=1))
     ids = np.arange(0, 200, 2)  # present: the even ids
     full = expand_to_ids(protos, ids, 201)
     assert full.num_samples == 201
@@ -126,6 +130,6 @@ def test_local_shards_reject_bad_input(rng):
     with pytest.raises(ValueError, match="feature dimension"):
         LocalShards([(np.array([1]), x[:1]), (np.array([2]), x[:1, :8])])
     with pytest.raises(ValueError, match="fewer points"):
-        distributed_kmeans(LocalShards([(np.arange(4), x[:4])]), 5)
+        distributed_kmeans(LocalShards([(np.arange(4), x[:4])]), 5, KMeansSettings())
     with pytest.raises(ValueError, match="nredo must be 1"):
-        distributed_kmeans(LocalShards([(np.arange(10), x[:10])]), 2, nredo=2, init_centroids=x[:2])
+        distributed_kmeans(LocalShards([(np.arange(10), x[:10])]), 2, KMeansSettings(nredo=2), init_centroids=x[:2])

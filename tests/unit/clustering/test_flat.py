@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from hierclr.clustering import concentration_from_distances, flat_multi_kmeans, kmeans, majority_parents
+from hierclr.clustering import KMeansSettings, concentration_from_distances, flat_multi_kmeans, kmeans, majority_parents
 
 
 def slow_majority(child, parent, num_child):
@@ -23,10 +23,11 @@ def slow_majority(child, parent, num_child):
 def test_each_clustering_is_an_independent_kmeans(planted, backend):
     points, _ = planted
     ks = [12, 30, 20]  # any order: PCL's sizes need not decrease
-    protos = flat_multi_kmeans(points, ks, niter=10, nredo=2, seed=4, temperature=0.3, backend=backend, epoch=7)
+    settings = KMeansSettings(niter=10, nredo=2, seed=4, temperature=0.3, backend=backend)
+    protos = flat_multi_kmeans(points, ks, settings, epoch=7)
     assert protos.sizes == tuple(ks) and protos.epoch == 7 and protos.num_samples == len(points)
     for i, k in enumerate(ks):
-        ref = kmeans(points, k, niter=10, nredo=2, seed=4 + i, backend=backend)
+        ref = kmeans(points, k, KMeansSettings(niter=10, nredo=2, seed=4 + i, backend=backend))
         np.testing.assert_array_equal(protos.assignments[:, i].numpy(), ref.assignments)
         unit = ref.centroids / np.linalg.norm(ref.centroids, axis=1, keepdims=True)
         np.testing.assert_allclose(protos.centroids[i].numpy(), unit, atol=1e-6)
@@ -50,8 +51,8 @@ def test_majority_vote_ties_and_empty_clusters(rng):
 def test_bad_num_clusters(planted):
     points, _ = planted
     with pytest.raises(ValueError, match="at least one"):
-        flat_multi_kmeans(points, [])
+        flat_multi_kmeans(points, [], KMeansSettings())
     with pytest.raises(ValueError, match="positive integers"):
-        flat_multi_kmeans(points, [10, 0])
+        flat_multi_kmeans(points, [10, 0], KMeansSettings())
     with pytest.raises(ValueError, match=r"fewer points \(30\) than clusters \(40\)"):
-        flat_multi_kmeans(points[:30], [10, 40])
+        flat_multi_kmeans(points[:30], [10, 40], KMeansSettings())

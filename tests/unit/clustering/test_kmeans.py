@@ -3,7 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from hierclr.clustering import assign, kmeans, lloyd_partial_sums, nearest_centroid, resolve_backend, update_centroids
+from hierclr.clustering import (
+    KMeansSettings,
+    assign,
+    kmeans,
+    lloyd_partial_sums,
+    nearest_centroid,
+    resolve_backend,
+    update_centroids,
+)
 
 
 def blobs(rng, k=12, per=50, d=8, spread=0.05):
@@ -15,8 +23,8 @@ def blobs(rng, k=12, per=50, d=8, spread=0.05):
 def test_faiss_and_torch_agree_from_the_same_initial_centroids(rng):
     x, _ = blobs(rng)
     init = x[rng.choice(len(x), 12, replace=False)]
-    a = kmeans(x, 12, niter=15, nredo=1, init_centroids=init, backend="faiss")
-    b = kmeans(x, 12, niter=15, nredo=1, init_centroids=init, backend="torch")
+    a = kmeans(x, 12, KMeansSettings(niter=15, nredo=1, backend="faiss"), init_centroids=init)
+    b = kmeans(x, 12, KMeansSettings(niter=15, nredo=1, backend="torch"), init_centroids=init)
     np.testing.assert_allclose(a.centroids, b.centroids, atol=1e-4)
     np.testing.assert_array_equal(a.assignments, b.assignments)
     # both expand ||x||^2 - 2 x.c + ||c||^2 in float32; with ||x||^2 ~ 70 that leaves ~1e-5 absolute noise
@@ -70,11 +78,11 @@ def test_nredo_keeps_the_best_run_and_recovers_blobs(rng, backend):
     from sklearn.metrics import adjusted_mutual_info_score
 
     x, _labels = blobs(rng)
-    one = kmeans(x, 12, nredo=1, seed=3, backend=backend)
-    five = kmeans(x, 12, nredo=5, seed=3, backend=backend)  # its first redo is the nredo=1 run
+    one = kmeans(x, 12, KMeansSettings(nredo=1, seed=3, backend=backend))
+    five = kmeans(x, 12, KMeansSettings(nredo=5, seed=3, backend=backend))  # its first redo is the nredo=1 run
     assert five.objective <= one.objective + 1e-6
     x4, labels4 = blobs(rng, k=4)
-    r = kmeans(x4, 4, nredo=5, seed=3, backend=backend)
+    r = kmeans(x4, 4, KMeansSettings(nredo=5, seed=3, backend=backend))
     assert adjusted_mutual_info_score(labels4, r.assignments) > 0.99
 
 
@@ -88,7 +96,7 @@ def test_errors_name_the_problem(rng):
         with pytest.raises(ValueError, match="CUDA"):
             resolve_backend("auto", "cuda")
     with pytest.raises(ValueError, match="nredo must be 1"):
-        kmeans(x, 2, nredo=2, init_centroids=x[:2])
+        kmeans(x, 2, KMeansSettings(nredo=2), init_centroids=x[:2])
     with pytest.raises(ValueError, match="NaN"):
         kmeans(np.full((5, 3), np.nan, np.float32), 2)
 

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from hierclr.clustering import KMeansSettings
 from hierclr.eval.protocols import clustering_protocol, hierarchy_protocol, knn_protocol
 
 
@@ -51,13 +52,13 @@ def test_clustering_protocol_on_separated_blobs():
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(4), 50)
     x = np.eye(8)[y] * 10 + rng.normal(scale=0.05, size=(200, 8))
-    out = clustering_protocol(x, y, (4, 8), seed=0, backend="faiss")
+    out = clustering_protocol(x, y, (4, 8), KMeansSettings(seed=0, backend="faiss"))
     assert out["clustering/k4/acc"] == pytest.approx(1.0)
     assert out["clustering/k4/nmi"] == pytest.approx(1.0)
     assert out["clustering/k4/ami"] == pytest.approx(1.0)
     assert out["clustering/k8/acc"] < 1.0 and out["clustering/k8/nmi"] > 0.7  # over-clustered: split blobs
     with pytest.raises(ValueError, match="exceeds"):
-        clustering_protocol(x, y, (500,))
+        clustering_protocol(x, y, (500,), KMeansSettings())
 
 
 def test_hierarchy_protocol_recovers_a_planted_two_level_hierarchy():

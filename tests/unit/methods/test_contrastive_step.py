@@ -3,7 +3,7 @@ counts its ICSC masks against the labels of the queue they were drawn on."""
 import torch
 import torch.nn.functional as F
 
-from hierclr.clustering import Prototypes, compose_assignments, hierarchical_kmeans
+from hierclr.clustering import KMeansSettings, Prototypes, compose_assignments, hierarchical_kmeans
 from hierclr.config.pretrain import HCSCLossConfig
 from hierclr.eval.selection_quality import COUNT_NAMES, SelectionCounter, selection_counts
 from hierclr.losses import HCSCObjective
@@ -23,7 +23,7 @@ def test_tiny_hcsc_run_reduces_the_loss():
     batches = [(eval_transform(images[s : s + 32]), ids_all[s : s + 32]) for s in (0, 32)]
     ids, feats = embed_features(model, batches)
     assert torch.equal(ids, ids_all) and torch.allclose(feats.norm(dim=1), torch.ones(64), atol=1e-5)
-    protos = hierarchical_kmeans(feats, [8, 4, 2], nredo=1)
+    protos = hierarchical_kmeans(feats, [8, 4, 2], KMeansSettings(nredo=1))
 
     # a fixed evaluation: same views, same queue snapshot, same selection draws, before and after
     eval_ids = torch.arange(16)

@@ -1,0 +1,220 @@
+"""The E-step coordinator: a named, threaded actor that collects every rank's shard ref for an epoch, drives
+the K-means actors (one retry when one dies) and hands every rank the same prototypes ref."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError
+
+from hierclr.clustering.distributed import distributed_kmeans, distributed_level0
+from hierclr.service.actors import ActorShards, _Job
+from hierclr.service.errors import ClusteringFailedError
+from hierclr.service.stats import EStepStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Round:
+    """The submissions of one epoch by ``world_size`` ranks, and its outcome."""
+
+    epoch: int
+    world_size: int
+    refs: dict[int, object] = field(default_factory=dict)
+    started: bool = False
+    done: bool = False
+    result: tuple | None = None
+    error: BaseException | None = None
+    submitted_at: float = 0.0
+
+
+class EStepCoordinator:
+    """Named, threaded actor (0 CPU) that collects the ranks' shard refs and drives the E-step.
+
+    ``submit`` blocks each caller until all ranks of its epoch have submitted and the E-step is done;
+    the last rank's call runs it. Only one E-step runs at a time.
+    """
+
+    def __init__(self, actors: list, job: _Job, max_restarts: int) -> None:
+        self._actors = actors
+        self._actor_index = {a._actor_id.hex(): i for i, a in enumerate(actors)}
+        self._job = job
+        self._max_restarts = max_restarts
+        self._cond = threading.Condition()
+        self._rounds: dict[int, _Round] = {}
+        self._estep_lock = threading.Lock()
+
+    def ping(self) -> bool:
+        return True
+
+    def pending(self) -> dict[int, tuple[list[int], int]]:
+        """Unfinished rounds: ``{epoch: (ranks that submitted, world_size)}`` (diagnostics, tests)."""
+        with self._cond:
+            return {e: (sorted(r.refs), r.world_size) for e, r in self._rounds.items() if not r.done}
+
+    # -- rounds
+    def submit(self, epoch: int, rank: int, world_size: int, shard: list) -> tuple[list, EStepStats]:
+        """Rank ``rank``'s shard (``[ref]`` to ``(ids, features)``) for ``epoch``; returns ``([ref], stats)``
+        with ``ref`` -> the epoch's :class:`Prototypes`, the same ref for every rank."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"estep: rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
+                             f"world_size={world_size}")
+        if len(shard) != 1:
+            raise ValueError(f"estep: expected the shard as a one-element list [ref], got {len(shard)} elements")
+        with self._cond:
+            rnd = self._join_round(epoch, rank, world_size)
+            rnd.refs[rank] = shard[0]
+            runner = len(rnd.refs) == world_size
+            if runner:
+                rnd.started, rnd.submitted_at = True, time.perf_counter()
+        if runner:
+            self._run_round(rnd)
+        with self._cond:
+            self._cond.wait_for(lambda: rnd.done)
+        if rnd.error is not None:
+            raise rnd.error
+        return rnd.result
+
+    def _join_round(self, epoch: int, rank: int, world_size: int) -> _Round:
+        """The open round this submission belongs to; stale rounds are discarded (caller holds the lock).
+
+        A round is stale when a submission arrives for another epoch while it is unfinished, or when
+        a rank submits twice to it, or the world size changed: the Train worker group was restarted,
+        its old ranks are gone and will never complete that round.
+        """
+        for e, old in list(self._rounds.items()):
+            if old.done:
+                del self._rounds[e]
+            elif e != epoch and not old.started:
+                self._discard(old, f"a submission for epoch {epoch} arrived first (worker group restarted?)")
+        rnd = self._rounds.get(epoch)
+        if rnd is not None and (rnd.started or rnd.world_size != world_size or rank in rnd.refs):
+            if not rnd.started:
+                self._discard(rnd, f"rank {rank} submitted again with world_size={world_size} (new round)")
+            rnd = None
+        if rnd is None:
+            rnd = self._rounds[epoch] = _Round(epoch, world_size)
+        return rnd
+
+    def _discard(self, rnd: _Round, why: str) -> None:
+        log.warning("discarding the unfinished E-step round of epoch %d (%d of %d ranks): %s",
+                    rnd.epoch, len(rnd.refs), rnd.world_size, why)
+        rnd.error = ClusteringFailedError(f"E-step round of epoch {rnd.epoch} was discarded: {why}", rnd.epoch)
+        rnd.done, rnd.refs = True, {}
+        self._rounds.pop(rnd.epoch, None)
+        self._cond.notify_all()
+
+    def _run_round(self, rnd: _Round) -> None:
+        try:
+            with self._estep_lock:
+                refs = [rnd.refs[r] for r in range(rnd.world_size)]
+                result, error = self._estep(rnd.epoch, refs, rnd.submitted_at), None
+        except Exception as e:  # noqa: BLE001 -- not swallowed: re-raised in every waiting rank
+            result, error = None, e
+        with self._cond:
+            rnd.result, rnd.error, rnd.done, rnd.refs = result, error, True, {}
+            self._cond.notify_all()
+
+    # -- the E-step
+    def _estep(self, epoch: int, refs: list, submitted_at: float) -> tuple[list, EStepStats]:
+        """Run the E-step; one actor failure is retried, a second ends it with ClusteringFailedError."""
+        first: str | None = None
+        for attempt in (1, 2):
+            try:
+                if attempt == 2:
+                    self._wait_for_actors()
+                protos_ref, stats = self._attempt(epoch, refs, attempt)
+                return [protos_ref], replace(stats, total_s=time.perf_counter() - submitted_at)
+            except RayActorError as e:
+                actor = self._actor_index.get(e.actor_id)
+                what = f"K-means actor {actor if actor is not None else '?'} died ({_first_line(e)})"
+                if first is None:
+                    first = what
+                    log.warning("E-step of epoch %d: %s; retrying the E-step once on the restarted actor(s)",
+                                epoch, what)
+                    continue
+                raise ClusteringFailedError(
+                    f"E-step of epoch {epoch} failed twice: first {first}; then, on the retry, {what}. "
+                    f"The service allows one retry per E-step (max_restarts={self._max_restarts} per actor); "
+                    f"ending the run.", epoch, actor,
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _wait_for_actors(self) -> None:
+        """Block until every actor answers (a restarting actor queues the call; a dead one raises)."""
+        ray.get([a.ping.options(max_task_retries=-1).remote() for a in self._actors])
+
+    def _attempt(self, epoch: int, refs: list, attempt: int) -> tuple[object, EStepStats]:
+        job = self._job
+        t0 = time.perf_counter()
+        active = self._actors[: min(len(self._actors), len(refs))]
+        ranks = [list(range(a, len(refs), len(active))) for a in range(len(active))]
+        loaded = ray.get([act.load.remote([refs[r] for r in rs]) for act, rs in zip(active, ranks)])
+        ids, positions, dim = _check_ids(epoch, loaded, ranks, job.num_rows)
+        ray.get([act.set_positions.remote(p) for act, p in zip(active, positions)])
+        t1 = time.perf_counter()
+        cfg = job.clustering
+        if len(self._actors) == 1:
+            protos_ref, levels_ref = active[0].cluster.remote(job, epoch)
+        else:
+            shards = ActorShards(active, positions, dim)
+            if job.method == "pcl":
+                level0 = [
+                    distributed_kmeans(shards, k, cfg.model_copy(update={"seed": cfg.seed + i}))
+                    for i, k in enumerate(job.pcl_sizes)
+                ]
+            else:
+                level0 = [distributed_level0(shards, cfg.sizes[0], cfg)]
+            protos_ref, levels_ref = self._actors[0].build.remote(job, level0, ids, epoch)
+        levels = ray.get(levels_ref)
+        t2 = time.perf_counter()
+        ray.get([act.release.remote() for act in active])
+        missing = job.num_rows - ids.shape[0]
+        if missing:
+            log.warning("E-step of epoch %d: %d of %d ids were not submitted; they get assignment -1",
+                        epoch, missing, job.num_rows)
+        stats = EStepStats(
+            epoch=epoch, num_rows=job.num_rows, num_clustered=int(ids.shape[0]), num_missing=int(missing),
+            num_actors=len(active), attempts=attempt, gather_s=t1 - t0, cluster_s=t2 - t1, total_s=t2 - t0,
+            levels=levels,
+        )
+        return protos_ref, stats
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _check_ids(
+    epoch: int, loaded: list[tuple[list[np.ndarray], list[int]]], ranks: list[list[int]], num_rows: int
+) -> tuple[np.ndarray, list[np.ndarray], int]:
+    """Sorted clustered ids, each actor's rows' global positions, the feature dimension; clear errors
+    for ids out of range, ids submitted twice and disagreeing dimensions."""
+    per_rank: dict[int, np.ndarray] = {}
+    dims: dict[int, int] = {}
+    for (shard_ids, shard_dims), rs in zip(loaded, ranks):
+        for r, sid, dim in zip(rs, shard_ids, shard_dims):
+            per_rank[r] = sid
+            dims[r] = dim
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"E-step of epoch {epoch}: ranks submitted features of different dimensions {dims}")
+    all_ids = np.concatenate([per_rank[r] for r in sorted(per_rank)])
+    if all_ids.size and (all_ids.min() < 0 or all_ids.max() >= num_rows):
+        bad = all_ids[(all_ids < 0) | (all_ids >= num_rows)]
+        raise ValueError(f"E-step of epoch {epoch}: {bad.size} ids outside [0, num_rows={num_rows}), "
+                         f"e.g. {bad[:5].tolist()}")
+    ids = np.sort(all_ids)
+    dup = np.unique(ids[1:][ids[1:] == ids[:-1]])
+    if dup.size:
+        who = [r for r in sorted(per_rank) if np.isin(dup[0], per_rank[r])]
+        raise ValueError(f"E-step of epoch {epoch}: {dup.size} dataset ids were submitted more than once "
+                         f"(e.g. id {int(dup[0])} by ranks {who}); each id must come from exactly one rank")
+    if not ids.size:
+        raise ValueError(f"E-step of epoch {epoch}: no features were submitted by any rank")
+    positions = [np.searchsorted(ids, np.concatenate(shard_ids)) for shard_ids, _ in loaded]
+    return ids, positions, next(iter(dims.values()))
