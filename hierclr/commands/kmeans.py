@@ -12,14 +12,15 @@ SETTINGS = ("niter", "nredo", "temperature", "min_cluster_size", "seed", "device
 
 
 def register(sub) -> None:
-    p = sub.add_parser("kmeans", help="hierarchical K-means of an (N, d) .npy feature file into a Prototypes file")
+    p = sub.add_parser("kmeans", help="hierarchical K-means of an (N, d) .npy feature file into a Prototypes file",
+                       epilog="unset K-means flags take the defaults of hierclr.clustering.KMeansSettings")
     p.add_argument("features", help="path to an (N, d) float .npy file; row i = dataset id i")
     p.add_argument("--sizes", type=int_list, default=(3000, 2000, 1000), help="prototypes per level, finest first")
     p.add_argument("--out", default="prototypes.pt")
     # K-means settings: unset flags keep KMeansSettings' defaults (one place for each default)
-    p.add_argument("--niter", type=int, help="Lloyd iterations (default 20)")
-    p.add_argument("--nredo", type=int, help="restarts, the best objective kept (default 5)")
-    p.add_argument("--temperature", type=float, help="mean phi after rescaling, Eq. 3 (default 0.2)")
+    p.add_argument("--niter", type=int, help="Lloyd iterations")
+    p.add_argument("--nredo", type=int, help="restarts, the best objective kept")
+    p.add_argument("--temperature", type=float, help="mean phi after rescaling, Eq. 3")
     p.add_argument("--min-cluster-size", dest="min_cluster_size", type=int, help="drop smaller level-0 clusters")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda[:i]")
