@@ -1,5 +1,5 @@
 """The K-means actors: each holds some ranks' feature shards and clusters them, alone or as one shard of a
-distributed Lloyd K-means (:class:`ActorShards`); :class:`_Job` is what every actor needs to know."""
+distributed Lloyd K-means (:class:`ActorShards`); :class:`ClusteringJob` is what every actor needs to know."""
 from __future__ import annotations
 
 import os
@@ -25,7 +25,7 @@ ClusteringMethod = Literal["hcsc", "pcl"]
 
 
 @dataclass(frozen=True)
-class _Job:
+class ClusteringJob:
     """What to cluster, as every K-means actor needs it."""
 
     clustering: ClusteringConfig
@@ -113,7 +113,7 @@ class KMeansActor:
 
     # -- whole E-steps
     @ray.method(num_returns=2)
-    def cluster(self, job: _Job, epoch: int) -> tuple[Prototypes, tuple[LevelStats, ...]]:
+    def cluster(self, job: ClusteringJob, epoch: int) -> tuple[Prototypes, tuple[LevelStats, ...]]:
         """Single-actor E-step over every row this actor holds (all of them)."""
         self._fault_point("cluster")
         order = np.argsort(self._positions)
@@ -127,7 +127,7 @@ class KMeansActor:
 
     @ray.method(num_returns=2)
     def build(
-        self, job: _Job, level0: Sequence[KMeansResult], ids: np.ndarray, epoch: int
+        self, job: ClusteringJob, level0: Sequence[KMeansResult], ids: np.ndarray, epoch: int
     ) -> tuple[Prototypes, tuple[LevelStats, ...]]:
         """Prototypes from distributed level-0 results: the tree above (hcsc) or the flat pack (pcl)."""
         self._fault_point("build")
@@ -137,7 +137,7 @@ class KMeansActor:
             protos = build_hierarchy(level0[0], job.clustering.sizes, self._settings(job), epoch=epoch)
         return self._finish(protos, ids, job.num_rows)
 
-    def _settings(self, job: _Job) -> ClusteringConfig:
+    def _settings(self, job: ClusteringJob) -> ClusteringConfig:
         """The job's clustering settings, whole, on this actor's device."""
         return job.clustering.model_copy(update={"device": str(self.device)})
 

@@ -12,7 +12,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from hierclr.clustering.distributed import distributed_kmeans, distributed_level0
-from hierclr.service.actors import ActorShards, _Job
+from hierclr.service.actors import ActorShards, ClusteringJob
 from hierclr.service.errors import ClusteringFailedError
 from hierclr.service.stats import EStepStats
 
@@ -40,7 +40,7 @@ class EStepCoordinator:
     the last rank's call runs it. Only one E-step runs at a time.
     """
 
-    def __init__(self, actors: list, job: _Job, max_restarts: int) -> None:
+    def __init__(self, actors: list, job: ClusteringJob, max_restarts: int) -> None:
         self._actors = actors
         self._actor_index = {a._actor_id.hex(): i for i, a in enumerate(actors)}
         self._job = job

@@ -9,7 +9,7 @@ import ray
 from hierclr.clustering.flat import validate_num_clusters
 from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
 from hierclr.runtime.ray_start import OWN_RESOURCES
-from hierclr.service.actors import ClusteringMethod, KMeansActor, _Job
+from hierclr.service.actors import ClusteringMethod, KMeansActor, ClusteringJob
 from hierclr.service.client import ClusteringClient
 from hierclr.service.coordinator import EStepCoordinator
 
@@ -67,7 +67,7 @@ class ClusteringService:
             )
             for i in range(service.num_actors)
         ]
-        job = _Job(clustering=clustering, method=method, pcl_sizes=pcl_sizes, num_rows=int(num_rows))
+        job = ClusteringJob(clustering=clustering, method=method, pcl_sizes=pcl_sizes, num_rows=int(num_rows))
         coordinator = (
             ray.remote(EStepCoordinator)
             .options(name=name, num_cpus=0, max_concurrency=max_workers + 4, max_restarts=0,
