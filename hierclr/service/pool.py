@@ -9,7 +9,7 @@ import ray
 from hierclr.clustering.flat import validate_num_clusters
 from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
 from hierclr.runtime.ray_start import OWN_RESOURCES
-from hierclr.service.actors import ClusteringMethod, KMeansActor, ClusteringJob
+from hierclr.service.actors import ClusteringJob, ClusteringMethod, KMeansActor
 from hierclr.service.client import ClusteringClient
 from hierclr.service.coordinator import EStepCoordinator
 
