@@ -23,7 +23,7 @@ from hierclr.data.prepare import PrepareConfig, prepare_data
 from hierclr.data.source import open_source
 from hierclr.io.errors import DataFormatError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _rows(directory):

@@ -136,7 +136,7 @@ def test_interrupted_sweep_resumes_without_duplicating_runs(ray_session, tmp_pat
     assert load_sweep(path).num_trials == 2
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "driver.log").open("w")
-    pipeline = Path(__file__).resolve().parents[2] / "pipelines" / "sweep.py"  # the `ray job submit` entry point
+    pipeline = Path(__file__).resolve().parents[3] / "pipelines" / "sweep.py"  # the `ray job submit` entry point
     # the driver starts its own local Ray (4 logical CPUs, from the demo preset), as `hierclr sweep` on a laptop
     proc = subprocess.Popen([sys.executable, str(pipeline), "--space", str(path)], stdout=log,
                             stderr=subprocess.STDOUT, env=env)
