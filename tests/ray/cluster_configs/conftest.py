@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CLUSTER_CONFIGS = REPO / "cluster_configs"
 
 

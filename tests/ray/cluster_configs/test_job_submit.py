@@ -32,7 +32,7 @@ from hierclr.config.pretrain import load_config
 from hierclr.config.supervised import list_supervised_presets
 from hierclr.config.sweep import list_sweep_presets
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CLUSTER_CONFIGS = REPO / "cluster_configs"
 LOCAL_ENV = "cluster_configs/runtime_env/local.yaml"
 RAY = str(Path(sys.executable).with_name("ray"))

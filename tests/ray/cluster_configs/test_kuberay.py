@@ -12,7 +12,7 @@ import yaml
 from hierclr.config.loader import list_presets
 from hierclr.config.sweep import list_sweep_presets
 
-CLUSTER_CONFIGS = Path(__file__).resolve().parents[2] / "cluster_configs"
+CLUSTER_CONFIGS = Path(__file__).resolve().parents[3] / "cluster_configs"
 KUBERAY = CLUSTER_CONFIGS / "kuberay"
 MANIFESTS = sorted(KUBERAY.glob("*.yaml"))
 

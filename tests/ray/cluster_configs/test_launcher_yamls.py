@@ -16,7 +16,7 @@ from hierclr.config.pretrain import load_config
 from hierclr.config.supervised import list_supervised_presets, load_supervised_config
 from hierclr.config.sweep import list_sweep_presets, load_sweep
 
-CLUSTER_CONFIGS = Path(__file__).resolve().parents[2] / "cluster_configs"
+CLUSTER_CONFIGS = Path(__file__).resolve().parents[3] / "cluster_configs"
 LAUNCHER_YAMLS = sorted(p for d in ("aws", "gcp") for p in (CLUSTER_CONFIGS / d).glob("*.yaml"))
 
 # vCPUs and GPUs of the instance types the YAMLs may use: a node type's declared resources must match its

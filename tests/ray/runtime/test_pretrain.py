@@ -3,6 +3,7 @@ shards (scikit-learn's digits, built in), the clustering actor, checkpoints and 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,8 +11,9 @@ import torch
 from hierclr.config.pretrain import load_config
 from hierclr.io.checkpoint import checkpoints_in, load_checkpoint
 from hierclr.runtime.driver import run_training
+from hierclr.runtime.faults import write_plan
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1200)  # the module fixture makes two runs
 
 
 def tiny_config(tmp: Path, cache: Path, *extra: str, **_):
@@ -48,9 +50,39 @@ SELECTION = [f"selection/{m}_l{level}" for m in ("precision", "recall", "kept_tr
     ["selection/false_negative_rate"]  # paper Fig. 5: digits has labels
 
 
-def test_pretrain_end_to_end_logs_every_metric_and_artifact(ray_session, tmp_path, digits_cache, monkeypatch):
-    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=4")
-    result = run_training(cfg, echo=lambda *a: None)
+# The faults of the shared run (indices name their markers, ``<plan>.<index>.0``): the clustering actor dies in
+# its first E-step (epoch 1, first part), a worker raises in epoch 2 (resumed part, restarted from the epoch-1
+# checkpoint: checkpoint.max_failures=1).
+ACTOR_EXIT, WORKER_RAISE = 0, 1
+PLAN = [{"point": "kmeans_actor", "actor": 0, "method": "cluster", "action": "exit"},
+        {"point": "train_step", "epoch": 2, "rank": 1, "step": 2}]
+
+
+@pytest.fixture(scope="module")
+def pretrained(ray_session, tmp_path_factory, digits_cache, fault_plan_file):
+    """One 4-epoch HCSC run on 2 workers that every test below reads (each end-to-end run costs a Ray Train
+    start-up and minutes of ResNet on 2 cores, so the run carries every event they check): stopped after
+    epoch 1 (``--stop-after-epoch``) with the clustering actor killed during that part's E-step, then resumed
+    (``--resume latest``) with a worker failing in epoch 2 and restarted from the epoch-1 checkpoint."""
+    tmp = tmp_path_factory.mktemp("pretrain")
+    cfg = tiny_config(tmp, digits_cache, "optim.epochs=4", "checkpoint.max_failures=1")
+    write_plan(fault_plan_file, PLAN)
+    try:
+        first = run_training(cfg, stop_after_epoch=1, echo=lambda *a: None)
+        fired_first = [Path(f"{fault_plan_file}.{i}.0").is_file() for i in range(len(PLAN))]
+        saved = load_checkpoint(first.checkpoint)
+        result = run_training(cfg, resume="latest", echo=lambda *a: None)
+        fired = [Path(f"{fault_plan_file}.{i}.0").is_file() for i in range(len(PLAN))]
+    finally:
+        write_plan(fault_plan_file, [])
+    return SimpleNamespace(cfg=cfg, tmp=tmp, first=first, saved=saved, result=result, fired_first=fired_first,
+                           fired=fired)
+
+
+def test_pretrain_end_to_end_logs_every_metric_and_artifact(pretrained, tmp_path, monkeypatch):
+    """Every metric once per epoch, artifacts, checkpoints and models of the (stopped, resumed, failed and
+    restarted) run: nothing of the interruptions shows in what it logged."""
+    cfg, result = pretrained.cfg, pretrained.result
     assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
     client = _mlflow(cfg)
     run = client.get_run(result.mlflow_run_id)
@@ -129,21 +161,18 @@ def _check_hierarchy_artifacts(client, run_id: str, tmp: Path, *, e_steps: list[
     assert sum(tree["levels"][0]["members"]) == 359  # every training image is a member of one leaf
 
 
-def test_resume_latest_records_each_epoch_once(ray_session, tmp_path, digits_cache):
-    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=3")
-    first = run_training(cfg, stop_after_epoch=1, echo=lambda *a: None)
+def test_resume_latest_records_each_epoch_once(pretrained):
+    first, saved, second = pretrained.first, pretrained.saved, pretrained.result
     assert [int(r["epoch"]) for r in first.history] == [0, 1]
-    saved = load_checkpoint(first.checkpoint)
     assert saved.epoch == 1 and saved.prototypes is not None
 
-    second = run_training(cfg, resume="latest", echo=lambda *a: None)
     assert second.run_dir == first.run_dir and second.mlflow_run_id == first.mlflow_run_id
-    assert [int(r["epoch"]) for r in second.history] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in second.history] == [0, 1, 2, 3]
     assert second.history[:2] == first.history  # the carried history is the first run's, unchanged
-    client = _mlflow(cfg)
+    client = _mlflow(pretrained.cfg)
     for key in ("loss/total", "epoch", "knn/top1_k10"):
-        assert _steps(client, second.mlflow_run_id, key) == [0, 1, 2], key
-    assert _steps(client, second.mlflow_run_id, "loss/prototype_l0") == [1, 2]
+        assert _steps(client, second.mlflow_run_id, key) == [0, 1, 2, 3], key
+    assert _steps(client, second.mlflow_run_id, "loss/prototype_l0") == [1, 2, 3]
     # the checkpoint the resumed run started from still holds exactly the saved prototypes
     by_epoch = dict(checkpoints_in(second.run_dir))
     restored = load_checkpoint(by_epoch[1]).prototypes
@@ -151,25 +180,25 @@ def test_resume_latest_records_each_epoch_once(ray_session, tmp_path, digits_cac
         assert torch.equal(a, b)
     assert torch.equal(restored.assignments, saved.prototypes.assignments)
     final = load_checkpoint(second.checkpoint)
-    assert final.epoch == 2 and final.prototypes.epoch == 2
+    assert final.epoch == 3 and final.prototypes.epoch == 3
     assert client.get_run(second.mlflow_run_id).info.status == "FINISHED"
 
 
-def test_worker_failure_restarts_from_last_checkpoint(ray_session, tmp_path, digits_cache, fault_plan,
-                                                     fault_plan_file):
-    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=3", "checkpoint.max_failures=1")
-    fault_plan([{"point": "train_step", "epoch": 2, "rank": 1, "step": 2}])
-    result = run_training(cfg, echo=lambda *a: None)
-    assert Path(f"{fault_plan_file}.0.0").is_file()  # the failure did happen
-    assert [int(r["epoch"]) for r in result.history] == [0, 1, 2]
-    client = _mlflow(cfg)
-    assert _steps(client, result.mlflow_run_id, "loss/total") == [0, 1, 2]
+def test_worker_failure_restarts_from_last_checkpoint(pretrained):
+    # the failure happened in the resumed part (epoch 2), not before
+    assert not pretrained.fired_first[WORKER_RAISE] and pretrained.fired[WORKER_RAISE]
+    result = pretrained.result
+    assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
+    client = _mlflow(pretrained.cfg)
+    assert _steps(client, result.mlflow_run_id, "loss/total") == [0, 1, 2, 3]
 
 
 def test_worker_failure_without_retries_fails_the_run(ray_session, tmp_path, digits_cache, fault_plan):
     from ray.train.v2.api.exceptions import TrainingFailedError
 
-    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=2", "loss.warmup_epochs=2", "eval.every=0")
+    # MoCo v2 on one worker: the failure path does not depend on the method, and no clustering actor to start
+    cfg = tiny_config(tmp_path, digits_cache, "method=moco", "resources.num_workers=1", "optim.epochs=2",
+                      "eval.every=0", "tracking.log_models=false")
     fault_plan([{"point": "train_step", "epoch": 0, "rank": 0, "step": 1}])
     with pytest.raises(TrainingFailedError, match="injected fault at train_step"):
         run_training(cfg, echo=lambda *a: None)
@@ -187,14 +216,12 @@ def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache)
     assert load_checkpoint(result.checkpoint).prototypes.sizes == (8, 20)
 
 
-def test_clustering_actor_killed_during_estep_is_restarted(ray_session, tmp_path, digits_cache, fault_plan):
-    cfg = tiny_config(tmp_path, digits_cache, "optim.epochs=2", "eval.every=0", "tracking.log_models=false")
-    fault_plan([{"point": "kmeans_actor", "actor": 0, "method": "cluster", "action": "exit"}])
-    result = run_training(cfg, echo=lambda *a: None)
-    h = result.history
+def test_clustering_actor_killed_during_estep_is_restarted(pretrained):
+    assert pretrained.fired_first[ACTOR_EXIT]  # the actor died in the first part's E-step (epoch 1)
+    h = pretrained.first.history
     assert [int(r["epoch"]) for r in h] == [0, 1]
     assert h[1]["cluster/attempts"] == 2  # the first attempt died with the actor, the retry finished the epoch
-    assert load_checkpoint(result.checkpoint).prototypes.sizes == (16, 8, 4)
+    assert pretrained.saved.prototypes.sizes == (16, 8, 4)
 
 
 def test_a_run_the_local_cluster_cannot_hold_fails_fast(ray_session, tmp_path, digits_cache):

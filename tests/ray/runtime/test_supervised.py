@@ -43,7 +43,8 @@ def test_finetune_varcon_two_workers_learns_logs_and_resumes(ray_session, tmp_pa
     assert result.run_dir == first.run_dir and result.mlflow_run_id == first.mlflow_run_id
     h = result.history
     assert [int(r["epoch"]) for r in h] == [0, 1, 2]
-    assert h[-1]["acc/top1"] > 0.3, [r["acc/top1"] for r in h]  # 10 classes: chance is 0.1
+    # 10 classes: chance is 0.1 (+-0.016 on 359 images); 3 short epochs land between 0.29 and 0.5 from run to run
+    assert h[-1]["acc/top1"] > 0.2, [r["acc/top1"] for r in h]
     assert h[-1]["acc/level1"] >= h[-1]["acc/top1"]  # a right digit is a right shape group
     assert 0 < h[-1]["train/tau2_mean"] < 0.2 and h[-1]["loss/kl"] >= 0
     assert h[-1]["val/samples"] == 359

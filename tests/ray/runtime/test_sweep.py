@@ -136,7 +136,7 @@ def test_interrupted_sweep_resumes_without_duplicating_runs(ray_session, tmp_pat
     assert load_sweep(path).num_trials == 2
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "driver.log").open("w")
-    pipeline = Path(__file__).resolve().parents[2] / "pipelines" / "sweep.py"  # the `ray job submit` entry point
+    pipeline = Path(__file__).resolve().parents[3] / "pipelines" / "sweep.py"  # the `ray job submit` entry point
     # the driver starts its own local Ray (4 logical CPUs, from the demo preset), as `hierclr sweep` on a laptop
     proc = subprocess.Popen([sys.executable, str(pipeline), "--space", str(path)], stdout=log,
                             stderr=subprocess.STDOUT, env=env)
@@ -191,7 +191,8 @@ def test_asha_stop_ends_the_trial_itself_and_the_next_trial_runs(ray_session, tm
     space = {"optim.base_lr": {"grid": [0.24, 0.024]}}
     sweep = load_sweep(tiny_sweep(tmp_path, digits_cache, "s3", space, metric="lr", mode="max",
                                   scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}),
-                       ["set.checkpoint.every=2"])  # epoch 0 (of 2) is not checkpointed...
+                       ["set.checkpoint.every=2",  # epoch 0 (of 2) is not checkpointed...
+                        "set.eval.every=0"])  # (ASHA reads the lr: no kNN needed)
     result = run_sweep(sweep, echo=lambda *a: None)
     by_lr = {r.params["optim.base_lr"]: r for r in result.rows}
     assert by_lr[0.24].status == "FINISHED" and by_lr[0.24].epochs == 2

@@ -15,7 +15,7 @@ from hierclr.runtime.local import eval_transform, moco_v2_augment, synthetic_ima
 def test_tiny_hcsc_run_reduces_the_loss():
     torch.manual_seed(0)
     images, _ = synthetic_images(64, 8, seed=0)
-    model = MoCo("resnet18", dim=32, queue_size=64, cifar_stem=True)
+    model = MoCo("resnet10", dim=32, hidden_dim=128, queue_size=64, cifar_stem=True)
     objective = HCSCObjective(HCSCLossConfig(warmup_epochs=0))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     augment = moco_v2_augment()
