@@ -282,6 +282,7 @@ def part_kmeans(rec: Recorder, args) -> None:
         level0_kmeans(x[: 20 * sizes[-1]], sizes[-1], niter=2, nredo=1, device=device, backend="torch")
         km = sys.modules["hierclr.clustering.kmeans"]
         rec["torch_score_mode"] = dict(km._score_mode) or "fp32 (CPU)"
+        rec["lloyd_iteration"] = _lloyd_iteration(km, x, sizes[0], sync)
         row, ref = local("torch", x)
         rec["torch"] = row
     except Exception as e:  # noqa: BLE001
@@ -308,6 +309,30 @@ def part_kmeans(rec: Recorder, args) -> None:
             rec["distributed"]["torch_speedup"] = round(rec["distributed"]["seconds"] / rec["torch"]["seconds"], 2)
     except Exception as e:  # noqa: BLE001
         rec["distributed"] = {"error": _error(e)}
+
+
+def _lloyd_iteration(km, x, k: int, sync) -> dict:
+    """One level-0 Lloyd step (assign + sums) with the device's low-precision scores against the fp32 path
+    (the CPU's numerics, run on the same device): ms each, ratio, and how often the argmin agrees."""
+    import torch
+
+    c = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:k].to(x.device)].clone()
+    low = x.device.type == "cuda"
+    out = {}
+    for name, lp in (("fp32", False), ("fast", low)):
+        times = []
+        for _ in range(3):
+            sums = torch.zeros(c.shape, dtype=torch.float64, device=x.device)
+            sync()
+            t0 = time.perf_counter()
+            d2, idx = km._assign_rows(x, c, low_precision=lp, sums=sums)
+            sync()
+            times.append(time.perf_counter() - t0)
+        out[name] = {"ms": round(1000 * min(times), 2), "objective": float(d2.double().sum()), "idx": idx}
+    return {"fp32_ms": out["fp32"]["ms"], "fast_ms": out["fast"]["ms"], "low_precision": low,
+            "speedup": round(out["fp32"]["ms"] / max(out["fast"]["ms"], 1e-6), 2),
+            "argmin_agreement": float((out["fp32"]["idx"] == out["fast"]["idx"]).double().mean()),
+            "objective_rel_diff": out["fast"]["objective"] / out["fp32"]["objective"] - 1}
 
 
 def _distributed_kmeans(x, sizes, niter, nredo, cuda: bool, ref, args) -> dict:
@@ -585,6 +610,10 @@ def summary_table(report: dict) -> str:
         else:
             lines.append(f"  train {tag}: {r.get('error')}")
     km = report["parts"].get("kmeans", {})
+    if "lloyd_iteration" in km:
+        li = km["lloyd_iteration"]
+        lines.append(f"  kmeans level-0 Lloyd step: fp32 {li['fp32_ms']} ms, fast {li['fast_ms']} ms "
+                     f"(x{li['speedup']}), argmin agreement {li['argmin_agreement']:.5f}")
     for b in ("torch", "faiss_gpu", "faiss_cpu", "distributed"):
         if b in km:
             r = km[b]
