@@ -206,7 +206,7 @@ def _pick_score_mode(device: torch.device) -> str:
         return mode
     gen = torch.Generator(device="cpu").manual_seed(0)
     xh = torch.randn(64, 16, generator=gen).to(device, torch.float16)
-    ch_t = torch.randn(16, 24, generator=gen).to(device, torch.float16)
+    ch_t = torch.randn(24, 16, generator=gen).to(device, torch.float16).T  # transposed, as in _assign_rows
     bias = torch.randn(24, generator=gen).to(device)
     ref = _half_scores("upcast", bias, xh, ch_t)
     mode = "upcast"
@@ -256,7 +256,12 @@ def _assign_rows(
     for s in range(0, n, step):
         xb = x[s : s + step]
         if low_precision:
-            idx = _half_scores(mode, bias, xh[s : s + step], ch_t).argmin(dim=1)
+            try:
+                scores = _half_scores(mode, bias, xh[s : s + step], ch_t)
+            except (RuntimeError, TypeError, NotImplementedError):  # a shape the mode check did not cover
+                mode = _score_mode[x.device.type] = "upcast"
+                scores = _half_scores(mode, bias, xh[s : s + step], ch_t)
+            idx = scores.argmin(dim=1)
             diff = xb - centroids[idx]
             d2 = (diff * diff).sum(1)
         else:
