@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(540)
 
 SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_acceptance.py"
 PARTS = ("environment", "train_step", "kmeans", "augment", "end_to_end")
@@ -19,7 +19,7 @@ PARTS = ("environment", "train_step", "kmeans", "augment", "end_to_end")
 def test_gpu_acceptance_smoke_runs_every_part(tmp_path):
     out = tmp_path / "acceptance"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--smoke"], capture_output=True,
-                          text=True, timeout=400, check=False)
+                          text=True, timeout=500, check=False)
     report = json.loads((out / "gpu_acceptance.json").read_text())
     logs = {p.name: p.read_text()[-3000:] for p in (out / "logs").glob("*.log")}
     assert proc.returncode == 0, (proc.stdout[-3000:], {k: v.get("error") for k, v in report["parts"].items()}, logs)
@@ -40,6 +40,7 @@ def test_gpu_acceptance_smoke_runs_every_part(tmp_path):
 
     aug = report["parts"]["augment"]
     assert aug["augment_on_cpu"]["cpu_stage_images_per_s_per_core"] > 0
+    assert km["lloyd_iteration"]["argmin_agreement"] == 1.0  # the CPU scores in fp32 either way
     assert aug["views_mean_abs_diff"] < 0.05  # same per-row parameters on either side: only uint8 rounding differs
 
     e2e = report["parts"]["end_to_end"]
