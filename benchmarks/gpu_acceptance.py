@@ -19,7 +19,8 @@ Parts (each in its own subprocess with a timeout, so a hang or crash costs only 
 
 Writes ``OUT/gpu_acceptance.json`` after every part (a killed run keeps the finished parts; each part also
 keeps its partial results in ``OUT/parts/<part>.json``) and ``OUT/gpu_acceptance.txt`` (also printed).
-Child logs: ``OUT/logs/<part>.log``. Ratios are against a baseline measured in the same run.
+Child logs: ``OUT/logs/<part>.log``; the end-to-end run's shards, checkpoints and MLflow store go to ``--work-dir``
+(default: a new temp dir). Ratios are against a baseline measured in the same run.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -484,7 +486,7 @@ def part_end_to_end(rec: Recorder, args) -> None:
     import torch
 
     cuda = torch.cuda.is_available() and not args.smoke
-    out = Path(args.out).resolve() / "e2e"
+    out = Path(args.work_dir).resolve() / "e2e"  # checkpoints, shards, MLflow: outside OUT, which stays small
     deadline = time.monotonic() + args.part_timeout - 10
     raw, shards = out / "raw", out / "shards"
     classes, train, val = (4, 32, 8) if args.smoke else (4, 64, 16)
@@ -638,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {','.join(PARTS)}")
     ap.add_argument("--jpeg-dir", default=None, help="real JPEGs (searched recursively) for augment and end_to_end")
     ap.add_argument("--budget-s", type=float, default=None, help="overall limit (default: 480 full, 420 smoke)")
+    ap.add_argument("--work-dir", default=None,
+                    help="scratch space for the end-to-end run's data, checkpoints and MLflow store (default: a temp dir)")
     ap.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
     ap.add_argument("--part-timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -650,9 +654,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
     budget = args.budget_s or (420.0 if args.smoke else 480.0)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="gpu_acceptance_"))
     deadline = time.monotonic() + budget
     report = {"smoke": args.smoke, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "budget_s": budget,
-              "command": " ".join(sys.argv), "parts": {}}
+              "command": " ".join(sys.argv), "work_dir": str(work), "parts": {}}
     path = out / "gpu_acceptance.json"
     _write_json(path, report)
     for part in parts:
@@ -665,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         part_file = out / "parts" / f"{part}.json"
         part_file.unlink(missing_ok=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", part, "--out", str(out),
-               "--part-timeout", str(timeout)]
+               "--work-dir", str(work), "--part-timeout", str(timeout)]
         if args.smoke:
             cmd.append("--smoke")
         if args.jpeg_dir:
