@@ -18,7 +18,8 @@ PARTS = ("environment", "train_step", "kmeans", "augment", "end_to_end")
 
 def test_gpu_acceptance_smoke_runs_every_part(tmp_path):
     out = tmp_path / "acceptance"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--smoke"], capture_output=True,
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--smoke", "--work-dir", str(tmp_path / "work")],
+                          capture_output=True,
                           text=True, timeout=500, check=False)
     report = json.loads((out / "gpu_acceptance.json").read_text())
     logs = {p.name: p.read_text()[-3000:] for p in (out / "logs").glob("*.log")}
