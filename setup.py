@@ -26,8 +26,10 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # GPU faiss index for the clustering service (wheels built against CUDA 12).
-    "gpu": ["faiss-gpu-cu12>=1.8,<2"],
+    # GPU faiss for the clustering service: CUDA 12 runtime from PyPI (driver >= R530), compute capability 7.0-8.9.
+    # Not faiss-gpu-cu13-cuvs: Python 3.12 / glibc 2.39 only, CUDA 13.0 pins that clash with torch's, cuVS off PyPI.
+    # Without it (or on Hopper/Blackwell) `backend: auto` clusters on the GPU with the torch backend (README).
+    "gpu": ["faiss-gpu-cu12>=1.9,<2; python_version < '3.14'"],
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
 }
 

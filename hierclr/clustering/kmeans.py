@@ -156,25 +156,131 @@ def _as_tensor(x, device: torch.device) -> Tensor:
     return t
 
 
-def _chunk_rows(k: int, budget: int = 1 << 25) -> int:
+# Floats per (rows, k) distance block: 128 MiB on the CPU (cache friendly), 1 GiB on a GPU (few, large launches).
+_CPU_CHUNK_BUDGET = 1 << 25
+_CUDA_CHUNK_BUDGET = 1 << 28
+# How the low-precision scores are computed, per device type, chosen once by _pick_score_mode.
+_SCORE_MODES = ("addmm_fp16", "mm_fp16", "upcast")
+_score_mode: dict[str, str] = {}
+
+
+def _chunk_rows(k: int, budget: int = _CPU_CHUNK_BUDGET) -> int:
     """Rows per chunk so that a (rows, k) distance block stays around ``budget`` floats."""
-    return max(256, budget // max(k, 1))
+    return max(1, budget // max(k, 1))
+
+
+def _half_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` scaled into [-1, 1] and rounded to fp16 (TF32's 10-bit mantissa), and the scale (a 0-d tensor).
+
+    Computed once per K-means (the rows do not change between iterations); the scale keeps any input range
+    inside fp16's and stays on the device (no host round trip).
+    """
+    scale = 1.0 / x.abs().amax().clamp_min(1e-30)
+    return (x * scale).to(torch.float16), scale
+
+
+def _half_scores(mode: str, bias: Tensor, xh: Tensor, ch_t: Tensor) -> Tensor:
+    """``bias - 2 xh @ ch_t`` in fp32 from fp16 operands (fp32 accumulation)."""
+    if mode == "addmm_fp16":
+        return torch.addmm(bias, xh, ch_t, beta=1, alpha=-2, out_dtype=torch.float32)
+    if mode == "mm_fp16":
+        return torch.mm(xh, ch_t, out_dtype=torch.float32).mul_(-2.0).add_(bias)
+    return torch.addmm(bias, xh.float(), ch_t.float(), alpha=-2.0)  # same rounded operands, fp32 matmul
+
+
+def _pick_score_mode(device: torch.device) -> str:
+    """The fastest score mode that this torch build runs correctly on ``device`` (checked once on a tiny
+    problem against the fp32 matmul of the same fp16 operands; ``upcast`` always works)."""
+    mode = _score_mode.get(device.type)
+    if mode is not None:
+        return mode
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    xh = torch.randn(64, 16, generator=gen).to(device, torch.float16)
+    ch_t = torch.randn(24, 16, generator=gen).to(device, torch.float16).T  # transposed, as in _assign_rows
+    bias = torch.randn(24, generator=gen).to(device)
+    ref = _half_scores("upcast", bias, xh, ch_t)
+    mode = "upcast"
+    for cand in _SCORE_MODES[:-1]:
+        try:
+            if torch.allclose(_half_scores(cand, bias, xh, ch_t), ref, rtol=1e-3, atol=1e-3):
+                mode = cand
+                break
+        except (RuntimeError, TypeError, NotImplementedError):  # not in this build / not on this device
+            continue
+    _score_mode[device.type] = mode
+    return mode
+
+
+@torch.no_grad()
+def _assign_rows(
+    x: Tensor,
+    centroids: Tensor,
+    *,
+    low_precision: bool,
+    half: tuple[Tensor, Tensor] | None = None,
+    sums: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Nearest centroid of every row of ``x``, chunked over rows: ``(sq_distances (n,), indices (n,))``.
+
+    fp32 (``low_precision=False``, the CPU): ``||x||^2 - 2 x.c + ||c||^2`` and its minimum, as faiss.
+    ``low_precision=True`` (CUDA): the argmin of ``||c||^2 - 2 x.c`` from fp16 operands (rows and centroids
+    scaled into [-1, 1]; ``half`` = :func:`_half_rows` of ``x`` when the caller keeps it across iterations),
+    then the exact fp32 squared distance to the chosen centroid, so the objective is never the low-precision one.
+    ``sums`` (``(k, d)`` float64), when given, gets every row added to its centroid's row (the Lloyd update),
+    chunk by chunk, so no float64 copy of ``x`` is ever made. No host round trip.
+    """
+    n, k = x.shape[0], centroids.shape[0]
+    d2_out = torch.empty(n, dtype=torch.float32, device=x.device)
+    idx_out = torch.empty(n, dtype=torch.long, device=x.device)
+    if low_precision:
+        xh, x_scale = half if half is not None else _half_rows(x)
+        c_scale = 1.0 / centroids.abs().amax().clamp_min(1e-30)
+        ch_t = (centroids * c_scale).to(torch.float16).T
+        # argmin_j ||c_j||^2 - 2 x.c_j is unchanged by the positive factor x_scale * c_scale
+        bias = (centroids * centroids).sum(1) * (x_scale * c_scale)
+        mode = _pick_score_mode(x.device)
+        step = _chunk_rows(k, _CUDA_CHUNK_BUDGET if x.device.type == "cuda" else _CPU_CHUNK_BUDGET)
+    else:
+        c_sq = (centroids * centroids).sum(1)
+        step = _chunk_rows(k, _CPU_CHUNK_BUDGET)
+    for s in range(0, n, step):
+        xb = x[s : s + step]
+        if low_precision:
+            try:
+                scores = _half_scores(mode, bias, xh[s : s + step], ch_t)
+            except (RuntimeError, TypeError, NotImplementedError):  # a shape the mode check did not cover
+                mode = _score_mode[x.device.type] = "upcast"
+                scores = _half_scores(mode, bias, xh[s : s + step], ch_t)
+            idx = scores.argmin(dim=1)
+            diff = xb - centroids[idx]
+            d2 = (diff * diff).sum(1)
+        else:
+            dist = (xb * xb).sum(1, keepdim=True) - 2.0 * (xb @ centroids.T) + c_sq
+            d2, idx = dist.min(dim=1)
+            d2.clamp_min_(0.0)
+        d2_out[s : s + step] = d2
+        idx_out[s : s + step] = idx
+        if sums is not None:
+            sums.index_add_(0, idx, xb.to(torch.float64))
+    return d2_out, idx_out
 
 
 @torch.no_grad()
 def nearest_centroid(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-    """Squared L2 distance to, and index of, each row's nearest centroid; chunked over rows."""
-    c_sq = (centroids * centroids).sum(1)
-    d2_out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    idx_out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    step = _chunk_rows(centroids.shape[0])
-    for s in range(0, x.shape[0], step):
-        xb = x[s : s + step]
-        dist = (xb * xb).sum(1, keepdim=True) - 2.0 * (xb @ centroids.T) + c_sq
-        d2, idx = dist.min(dim=1)
-        d2_out[s : s + step] = d2.clamp_min_(0.0)
-        idx_out[s : s + step] = idx
-    return d2_out, idx_out
+    """Squared L2 distance to, and index of, each row's nearest centroid; chunked over rows.
+
+    fp32 on the CPU; on CUDA the argmin comes from fp16 tensor-core scores and the returned distance is
+    the exact fp32 one to the chosen centroid (see :func:`_assign_rows`).
+    """
+    return _assign_rows(x, centroids, low_precision=x.device.type == "cuda")
+
+
+def _partial_sums(x: Tensor, centroids: Tensor, half: tuple[Tensor, Tensor] | None = None):
+    k, d = centroids.shape
+    sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
+    d2, idx = _assign_rows(x, centroids, low_precision=x.device.type == "cuda", half=half, sums=sums)
+    counts = torch.bincount(idx, minlength=k).to(torch.float64)
+    return sums, counts, d2.to(torch.float64).sum()
 
 
 @torch.no_grad()
@@ -183,12 +289,7 @@ def lloyd_partial_sums(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor, Te
     and the shard's objective (sum of squared distances). Summing these over shards and calling
     :func:`update_centroids` is exactly one iteration of K-means over the union of the shards.
     """
-    d2, idx = nearest_centroid(x, centroids)
-    k, d = centroids.shape
-    sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
-    sums.index_add_(0, idx, x.to(torch.float64))
-    counts = torch.bincount(idx, minlength=k).to(torch.float64)
-    return sums, counts, d2.to(torch.float64).sum()
+    return _partial_sums(x, centroids)
 
 
 @torch.no_grad()
@@ -214,6 +315,20 @@ def update_centroids(sums: Tensor, counts: Tensor, centroids: Tensor) -> tuple[T
     return new.to(torch.float32), nsplit
 
 
+@torch.no_grad()
+def _lloyd_update(sums: Tensor, counts: Tensor, centroids: Tensor) -> Tensor:
+    """:func:`update_centroids` without its host round trips when no cluster is empty.
+
+    One scalar read per iteration (is any cluster empty?); only then are the k centroids and counts
+    taken to the CPU for the sequential split (faiss's order, identical to :func:`update_centroids`).
+    """
+    if centroids.device.type == "cpu":
+        return update_centroids(sums, counts, centroids)[0]
+    if bool((counts == 0).any()):
+        return update_centroids(sums.cpu(), counts.cpu(), centroids.cpu())[0].to(centroids.device)
+    return (sums / counts[:, None]).to(torch.float32)
+
+
 def _kmeans_torch(x, k, *, niter, nredo, seed, max_ppc, device, init, verbose) -> KMeansResult:
     xt = _as_tensor(x, device)
     n, d = xt.shape
@@ -222,6 +337,7 @@ def _kmeans_torch(x, k, *, niter, nredo, seed, max_ppc, device, init, verbose) -
     if n > k * max_ppc:  # subsample the training set like faiss does
         sel = torch.randperm(n, generator=gen)[: k * max_ppc].to(device)
         train = xt[sel]
+    half = _half_rows(train) if device.type == "cuda" else None  # once: the rows never change
     best_c, best_obj = None, float("inf")
     for redo in range(nredo):
         if init is not None:
@@ -231,15 +347,17 @@ def _kmeans_torch(x, k, *, niter, nredo, seed, max_ppc, device, init, verbose) -
         else:
             perm = torch.randperm(train.shape[0], generator=gen)[:k].to(device)
             c = train[perm].clone()
-        obj = float("inf")
+        obj_t = None
         for it in range(niter):
-            sums, counts, obj_t = lloyd_partial_sums(train, c)
-            obj = float(obj_t)
-            c, nsplit = update_centroids(sums, counts, c)
+            sums, counts, obj_t = _partial_sums(train, c, half)
+            c = _lloyd_update(sums, counts, c)
             if verbose:
-                log.info("torch kmeans redo %d iter %d obj %.4f splits %d", redo, it, obj, nsplit)
+                log.info("torch kmeans redo %d iter %d obj %.4f empty %d", redo, it, float(obj_t),
+                         int((counts == 0).sum()))
+        obj = float(obj_t)  # one host read per redo
         if obj < best_obj:
             best_c, best_obj = c, obj
+    del half
     d2, idx = nearest_centroid(xt, best_c)
     return KMeansResult(
         best_c.cpu().numpy(), idx.cpu().numpy().astype(np.int64), d2.cpu().numpy(), best_obj, "torch"

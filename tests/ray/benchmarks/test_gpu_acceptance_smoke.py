@@ -1,0 +1,51 @@
+"""``benchmarks/gpu_acceptance.py --smoke``: every part runs at toy sizes on the CPU (a local Ray for the
+distributed K-means and the end-to-end pretrain + evaluate), so the GPU acceptance script cannot rot."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(540)
+
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_acceptance.py"
+PARTS = ("environment", "train_step", "kmeans", "augment", "end_to_end")
+
+
+def test_gpu_acceptance_smoke_runs_every_part(tmp_path):
+    out = tmp_path / "acceptance"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--smoke", "--work-dir", str(tmp_path / "work")],
+                          capture_output=True,
+                          text=True, timeout=500, check=False)
+    report = json.loads((out / "gpu_acceptance.json").read_text())
+    logs = {p.name: p.read_text()[-3000:] for p in (out / "logs").glob("*.log")}
+    assert proc.returncode == 0, (proc.stdout[-3000:], {k: v.get("error") for k, v in report["parts"].items()}, logs)
+    assert tuple(report["parts"]) == PARTS
+    assert all(p["status"] == "ok" for p in report["parts"].values()), report["parts"]
+    assert (out / "gpu_acceptance.txt").read_text().startswith("GPU acceptance (smoke")
+
+    train = report["parts"]["train_step"]["results"]
+    assert {r["amp_channels_last"] for r in train} == {False, True}
+    assert all(r["hcsc"]["ms_per_step"] > 0 and r["hcsc_over_moco"] > 0 for r in train)
+
+    km = report["parts"]["kmeans"]
+    for backend in ("torch", "faiss_cpu", "distributed"):
+        assert km[backend]["sizes"] == [30, 20, 10], (backend, km[backend])
+        assert math.isfinite(km[backend]["objective_normalized"])
+    # distributed Lloyd replays the torch backend's draws: the same clustering up to float sums
+    assert abs(km["distributed"]["objective_rel_diff_vs_torch"]) < 1e-3
+
+    aug = report["parts"]["augment"]
+    assert aug["augment_on_cpu"]["cpu_stage_images_per_s_per_core"] > 0
+    assert km["lloyd_iteration"]["argmin_agreement"] == 1.0  # the CPU scores in fp32 either way
+    assert aug["views_mean_abs_diff"] < 0.05  # same per-row parameters on either side: only uint8 rounding differs
+
+    e2e = report["parts"]["end_to_end"]
+    assert e2e["completed"] and e2e["pretrain_completed"] and e2e["losses_finite"]
+    assert len(e2e["mlflow"]["losses"]["loss/total"]) == 2  # 2 epochs, 1 warm-up: the prototype loss from epoch 1
+    assert len(e2e["mlflow"]["losses"]["loss/prototype"]) == 1
+    assert e2e["evaluate_knn"] and all(0.0 <= v <= 1.0 for v in e2e["evaluate_knn"].values())
