@@ -102,8 +102,9 @@ def test_score_mode_falls_back_where_fp16_matmul_is_missing():
 def test_cuda_torch_backend_matches_the_cpu_one(rng):
     x, _ = blobs(rng, k=20, per=100, d=32)
     init = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:20]]
-    cpu = kmeans(x.numpy(), 20, niter=10, nredo=1, init_centroids=init.numpy(), backend="torch", device="cpu")
-    gpu = kmeans(x.numpy(), 20, niter=10, nredo=1, init_centroids=init.numpy(), backend="torch", device="cuda")
+    settings = KMeansSettings(niter=10, nredo=1, backend="torch")
+    cpu = kmeans(x.numpy(), 20, settings.model_copy(update={"device": "cpu"}), init_centroids=init.numpy())
+    gpu = kmeans(x.numpy(), 20, settings.model_copy(update={"device": "cuda"}), init_centroids=init.numpy())
     np.testing.assert_array_equal(cpu.assignments, gpu.assignments)
     np.testing.assert_allclose(cpu.centroids, gpu.centroids, atol=1e-4)
     assert cpu.objective == pytest.approx(gpu.objective, rel=1e-4)
