@@ -122,6 +122,9 @@ class LocalHead:
         gcs, dash, client, agent, agent_grpc, metrics, env_agent, node_mgr, obj_mgr = _free_ports(9)
         self.address = f"http://127.0.0.1:{dash}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        # `python` in a job's entrypoint is this interpreter, also when the tests run as `.venv/bin/python -m pytest`
+        # without an activated venv (the job driver otherwise finds a system python without torch)
+        self.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), self.env.get("PATH", "")])
         self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0")
         head_env = dict(self.env,
                         # Ray-internal state queries (Train's placement group cleaner) find this cluster by
