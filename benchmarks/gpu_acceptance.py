@@ -15,7 +15,7 @@ Parts (each in its own subprocess with a timeout, so a hang or crash costs only 
                the GPU, 2 epochs with 1 warm-up, local MLflow) / ``evaluate --protocols knn``
 
     python benchmarks/gpu_acceptance.py --out /tmp/gpu_acceptance            # on the GPU machine (<= 8 min)
-    python benchmarks/gpu_acceptance.py --out /tmp/gpu_acceptance --smoke    # toy sizes on the CPU (~1-2 min)
+    python benchmarks/gpu_acceptance.py --out /tmp/gpu_acceptance --smoke    # toy sizes on the CPU (~3 min on 2 cores)
 
 Writes ``OUT/gpu_acceptance.json`` after every part (a killed run keeps the finished parts; each part also
 keeps its partial results in ``OUT/parts/<part>.json``) and ``OUT/gpu_acceptance.txt`` (also printed).
@@ -636,7 +636,7 @@ def summary_table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (checks the script, ~1-2 min)")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (checks the script, ~3 min on 2 cores)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {','.join(PARTS)}")
     ap.add_argument("--jpeg-dir", default=None, help="real JPEGs (searched recursively) for augment and end_to_end")
     ap.add_argument("--budget-s", type=float, default=None, help="overall limit (default: 480 full, 420 smoke)")
