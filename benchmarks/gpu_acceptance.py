@@ -348,8 +348,11 @@ def _distributed_kmeans(x, sizes, niter, nredo, cuda: bool, ref, args) -> dict:
     from hierclr.service import ClusteringService
 
     n = x.shape[0]
-    ray.init(address="local", num_cpus=4 if args.smoke else 8, num_gpus=1 if cuda else 0, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    if os.environ.get("RAY_ADDRESS"):  # join (the smoke test's session Ray; a cluster under `ray job submit`)
+        ray.init(log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address="local", num_cpus=4 if args.smoke else 8, num_gpus=1 if cuda else 0,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         cfg = ClusteringConfig(sizes=sizes, niter=niter, nredo=nredo, seed=0, backend="torch")
         svc_cfg = ClusteringServiceSection(num_actors=2, gpus_per_actor=0.5 if cuda else 0.0, cpus_per_actor=1.0)

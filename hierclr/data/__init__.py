@@ -6,15 +6,26 @@
 - :class:`LabelHierarchy`: class names per level and parent maps (JSON, edge lists, CIFAR-100 built in).
 - :mod:`hierclr.data.transforms`: MoCo v2 / multi-crop / eval transforms, batched per-sample colour ops.
 - :func:`prepare_data`: the ``hierclr prepare-data`` conversion (resumable, parallel on Ray).
+
+The names below are imported on first use (PEP 562): Ray starts every actor in a fresh process that imports
+its class's module and therefore this package; the small actors (epoch clock, bad-image ledger) must not pay
+for torch and torchvision there.
 """
-from hierclr.data.bad_images import BadImage, TooManyBadImagesError
-from hierclr.data.manifest import Manifest
-from hierclr.data.prepare import PrepareConfig, prepare_data
-from hierclr.data.source import ShardSource, open_source
-from hierclr.data.streams import ImageStream, StreamConfig, embed_stream, finish_views, train_data_config, train_stream
-from hierclr.data.transforms import AugmentConfig, EvalTransformConfig, MultiViewAugment, TransformConfig
-from hierclr.io.errors import DataFormatError
-from hierclr.labels import HierarchyError, LabelHierarchy, cifar100, load_hierarchy
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "BadImage": "bad_images", "TooManyBadImagesError": "bad_images", "Manifest": "manifest",
+    "PrepareConfig": "prepare", "prepare_data": "prepare", "ShardSource": "source", "open_source": "source",
+    "ImageStream": "streams", "StreamConfig": "streams", "embed_stream": "streams", "finish_views": "streams",
+    "train_data_config": "streams", "train_stream": "streams", "AugmentConfig": "transforms",
+    "EvalTransformConfig": "transforms", "MultiViewAugment": "transforms", "TransformConfig": "transforms",
+}
+_ELSEWHERE = {
+    "DataFormatError": "hierclr.io.errors", "HierarchyError": "hierclr.labels", "LabelHierarchy": "hierclr.labels",
+    "cifar100": "hierclr.labels", "load_hierarchy": "hierclr.labels",
+}
 
 __all__ = [
     "AugmentConfig", "BadImage", "DataFormatError", "EvalTransformConfig", "HierarchyError", "ImageStream",
@@ -22,3 +33,15 @@ __all__ = [
     "TooManyBadImagesError", "TransformConfig", "cifar100", "embed_stream", "finish_views", "load_hierarchy",
     "open_source", "prepare_data", "train_data_config", "train_stream",
 ]
+
+
+def __getattr__(name: str):  # PEP 562: first use of a name imports its module
+    if name in _WHERE:
+        module = importlib.import_module(f"{__name__}.{_WHERE[name]}")
+    elif name in _ELSEWHERE:
+        module = importlib.import_module(_ELSEWHERE[name])
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value

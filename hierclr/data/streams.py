@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hierclr.data.bad_images import BadImage, BadImageBudget
 from hierclr.data.decode import CorruptImageError, decode_rgb
+from hierclr.data.epoch_clock import EpochClock
 from hierclr.data.source import ShardSource, read_units
 from hierclr.data.transforms import (
     AugmentConfig,
@@ -85,23 +86,6 @@ def _clock_handle(name: str):
     if name not in _CLOCKS:
         _CLOCKS[name] = ray.get_actor(name)
     return _CLOCKS[name]
-
-
-class EpochClock:
-    """The current training epoch, set by the trainer before each pass and read by the stream's tasks.
-
-    Ray Data counts executions per dataset copy, and a Ray Train worker-group restart re-splits the
-    dataset, so that count restarts at 0; the clock keeps per-row seeds keyed by the true epoch."""
-
-    def __init__(self, epoch: int = 0) -> None:
-        self.epoch = int(epoch)
-
-    def set(self, epoch: int) -> int:
-        self.epoch = int(epoch)
-        return self.epoch
-
-    def get(self) -> int:
-        return self.epoch
 
 
 def start_epoch_clock(name: str, epoch: int = 0):

@@ -1,9 +1,12 @@
-"""``benchmarks/gpu_acceptance.py --smoke``: every part runs at toy sizes on the CPU (a local Ray for the
-distributed K-means and the end-to-end pretrain + evaluate), so the GPU acceptance script cannot rot."""
+"""``benchmarks/gpu_acceptance.py --smoke``: every part runs at toy sizes on the CPU, so the GPU acceptance script
+cannot rot. The script's Ray work (the distributed K-means, the end-to-end prepare-data + pretrain + evaluate
+commands) joins the test session's Ray through ``RAY_ADDRESS``, as those commands do under ``ray job submit``,
+instead of starting four more local instances."""
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +19,11 @@ SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_acceptance.py
 PARTS = ("environment", "train_step", "kmeans", "augment", "end_to_end")
 
 
-def test_gpu_acceptance_smoke_runs_every_part(tmp_path):
+def test_gpu_acceptance_smoke_runs_every_part(ray_session, tmp_path):
     out = tmp_path / "acceptance"
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--smoke", "--work-dir", str(tmp_path / "work")],
-                          capture_output=True,
-                          text=True, timeout=500, check=False)
+                          capture_output=True, text=True, timeout=500, check=False, env=env)
     report = json.loads((out / "gpu_acceptance.json").read_text())
     logs = {p.name: p.read_text()[-3000:] for p in (out / "logs").glob("*.log")}
     assert proc.returncode == 0, (proc.stdout[-3000:], {k: v.get("error") for k, v in report["parts"].items()}, logs)

@@ -60,23 +60,28 @@ def _png(path: Path) -> tuple[int, int]:
         return im.size
 
 
-def test_sweep_nested_runs_failed_trial_summary_and_best_config(ray_session, tmp_path, digits_cache):
-    space = {"clustering.sizes": {"grid": [[16, 8], [12], [5000]]},  # [5000]: more prototypes than images
+def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_session, tmp_path, digits_cache):
+    """Three trials, one at a time, with outcomes fixed by construction (no warm-up, so every epoch clusters):
+    [16, 8] trains both epochs; [5000] asks for more prototypes than there are images and fails in its first
+    E-step; [12] reports 12 level-0 prototypes at ASHA's first rung, below the [16, 8] trial's 16, and is stopped
+    after epoch 0. The stop is cooperative: that trial ends at the epoch boundary with a checkpoint of its
+    stopping epoch and its artifacts, its MLflow run is FINISHED and tagged, and the sweep goes on."""
+    space = {"clustering.sizes": {"grid": [[16, 8], [5000], [12]]},  # [5000]: more prototypes than images
              "loss.temperature": {"choice": [0.1, 0.2]}}
-    sweep = load_sweep(tiny_sweep(tmp_path, digits_cache, "s1", space,
-                                  scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}))
+    sweep = load_sweep(tiny_sweep(tmp_path, digits_cache, "s1", space, metric="cluster/level0/num_prototypes",
+                                  scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}),
+                       ["set.loss.warmup_epochs=0",
+                        "set.checkpoint.every=2"])  # epoch 0 (of 2) is not checkpointed...
     result = run_sweep(sweep, echo=lambda *a: None)
     assert not result.interrupted
     by_sizes = {tuple(r.params["clustering.sizes"]): r for r in result.rows}
     assert set(by_sizes) == {(16, 8), (12,), (5000,)}
-    failed = by_sizes[(5000,)]
+    failed, finished, stopped = by_sizes[(5000,)], by_sizes[(16, 8)], by_sizes[(12,)]
     assert failed.status == "FAILED" and "5000 prototypes" in failed.error, failed.error
-    ok = [by_sizes[(16, 8)], by_sizes[(12,)]]
-    assert all(r.status in ("FINISHED", "STOPPED") for r in ok)  # ASHA may stop the weaker one after epoch 0
-    assert ok[0].status == "FINISHED" or ok[1].status == "FINISHED"
-    for r in ok:
+    assert finished.status == "FINISHED" and finished.epochs == 2 and finished.best == 16
+    assert stopped.status == "STOPPED" and stopped.epochs == 1 and stopped.best == 12, result.rows
+    for r in (finished, stopped):
         assert r.params["loss.temperature"] in (0.1, 0.2)
-        assert 0.1 < r.best <= 1.0 and r.epochs == (2 if r.status == "FINISHED" else 1)
 
     client = _client(tmp_path)
     parents, children = _runs(client, "s1")
@@ -85,38 +90,48 @@ def test_sweep_nested_runs_failed_trial_summary_and_best_config(ray_session, tmp
     assert parent.info.status == "FINISHED" and parent.info.run_id == result.parent_run_id
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert parent.data.params["space.clustering.sizes"].startswith("grid")
-    assert parent.data.params["metric"] == "knn/top1_best"
+    assert parent.data.params["metric"] == "cluster/level0/num_prototypes"
     child = {tuple(yaml.safe_load(c.data.params["clustering.sizes"])): c for c in children}
     assert child[(5000,)].info.status == "FAILED"
     assert "fewer than the 5000 prototypes" in child[(5000,)].data.tags["hierclr.error"]
-    for r in ok:
+    for r in (finished, stopped):
         c = child[tuple(r.params["clustering.sizes"])]
         assert c.info.status == "FINISHED"
         assert c.data.tags["hierclr.sweep.status"] == {"FINISHED": "finished", "STOPPED": "stopped_early"}[r.status]
         assert float(c.data.params["loss.temperature"]) == r.params["loss.temperature"]
-        steps = sorted(m.step for m in client.get_metric_history(c.info.run_id, "knn/top1_best"))
-        assert steps == list(range(r.epochs))
+        for key in ("knn/top1_best", "loss/total", "cluster/level0/num_prototypes"):
+            assert _steps(client, c.info.run_id, key) == list(range(r.epochs)), key  # every epoch once
+        assert 0.1 < c.data.metrics["knn/top1_best"] <= 1.0
         assert c.data.tags["hierclr.trial_id"] == r.trial_id and c.info.run_id == r.mlflow_run_id
+        arts = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert {"history.json", "config", "plots"} <= arts, arts  # a trial is a full pretrain run
         arts = {a.path for d in ("plots", "hierarchy/final") for a in client.list_artifacts(c.info.run_id, d)}
-        assert "plots/learning_curves.png" in arts, arts  # a trial is a full pretrain run, with its artifacts
-        if r.status == "FINISHED":  # (a trial stopped after the warm-up epoch has no prototypes)
-            assert "hierarchy/final/tree.json" in arts, arts
+        assert {"plots/learning_curves.png", "hierarchy/final/tree.json"} <= arts, arts
+    # ...but the stopped Train run ended with a checkpoint of its stopping epoch
+    from hierclr.io.checkpoint import latest_checkpoint, load_checkpoint
+
+    train_runs = list(Path(result.sweep_dir, "runs").glob(f"s1-{stopped.trial_id}-*"))
+    assert len(train_runs) == 1
+    assert load_checkpoint(latest_checkpoint(train_runs[0])).epoch == 0
     # best: config file that `hierclr pretrain --config` accepts as is, metric and table in the parent run
-    best = max((r for r in ok), key=lambda r: r.best)
-    assert result.best.trial_id == best.trial_id
+    assert result.best.trial_id == finished.trial_id
     cfg = load_config(result.best_config)
-    assert cfg.clustering.sizes == tuple(best.params["clustering.sizes"])
-    assert cfg.loss.temperature == best.params["loss.temperature"] and cfg.name == "s1-best"
+    assert cfg.clustering.sizes == (16, 8) and cfg.loss.warmup_epochs == 0
+    assert cfg.loss.temperature == finished.params["loss.temperature"] and cfg.name == "s1-best"
     parent = client.get_run(parent.info.run_id)
-    assert parent.data.metrics["best/knn/top1_best"] == pytest.approx(best.best)
-    assert parent.data.tags["hierclr.best_trial"] == best.trial_id
+    assert parent.data.metrics["best/cluster/level0/num_prototypes"] == 16
+    assert parent.data.tags["hierclr.best_trial"] == finished.trial_id
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert {"summary/trials.csv", "summary/trials.txt", "summary/best_config.yaml",
             "summary/metric_vs_params.png"} <= arts, arts
     local = Path(client.download_artifacts(parent.info.run_id, "summary/metric_vs_params.png", str(tmp_path)))
     assert _png(local)[0] > 100
     table = Path(result.sweep_dir, "summary", "trials.txt").read_text()
-    assert "FAILED" in table and best.trial_id in table
+    assert "FAILED" in table and finished.trial_id in table
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
 def _wait_for(predicate, timeout: float, what: str, proc=None):
@@ -181,33 +196,3 @@ def test_interrupted_sweep_resumes_without_duplicating_runs(ray_session, tmp_pat
     for run_id, before in finished_before.items():  # a trial finished before the interruption was not re-run
         after = client.get_run(run_id)
         assert after.info.end_time == before.info.end_time
-
-
-def test_asha_stop_ends_the_trial_itself_and_the_next_trial_runs(ray_session, tmp_path, digits_cache):
-    """ASHA on a metric that separates the trials for sure (the epoch's lr, mode max): the second trial falls
-    below the first at the first rung and is stopped after epoch 0. The stop is cooperative: the trial ends at
-    that epoch boundary with a checkpoint and its artifacts, its MLflow run is FINISHED and tagged, and the
-    sweep goes on (no Train resources left behind)."""
-    space = {"optim.base_lr": {"grid": [0.24, 0.024]}}
-    sweep = load_sweep(tiny_sweep(tmp_path, digits_cache, "s3", space, metric="lr", mode="max",
-                                  scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}),
-                       ["set.checkpoint.every=2",  # epoch 0 (of 2) is not checkpointed...
-                        "set.eval.every=0"])  # (ASHA reads the lr: no kNN needed)
-    result = run_sweep(sweep, echo=lambda *a: None)
-    by_lr = {r.params["optim.base_lr"]: r for r in result.rows}
-    assert by_lr[0.24].status == "FINISHED" and by_lr[0.24].epochs == 2
-    stopped = by_lr[0.024]
-    assert stopped.status == "STOPPED" and stopped.epochs == 1, result.rows
-    assert result.best.params == {"optim.base_lr": 0.24}
-    client = _client(tmp_path)
-    run = client.get_run(stopped.mlflow_run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["hierclr.sweep.status"] == "stopped_early"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss/total")) == [0]
-    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"history.json", "config", "plots"} <= arts, arts  # the final artifacts were written
-    # ...but the stopped Train run ended with a checkpoint of its stopping epoch
-    from hierclr.io.checkpoint import latest_checkpoint, load_checkpoint
-
-    train_runs = list(Path(result.sweep_dir, "runs").glob(f"s3-{stopped.trial_id}-*"))
-    assert len(train_runs) == 1
-    assert load_checkpoint(latest_checkpoint(train_runs[0])).epoch == 0
