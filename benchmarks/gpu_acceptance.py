@@ -485,6 +485,34 @@ def _make_image_folder(root: Path, args, classes: int, train: int, val: int) -> 
                 (d / f"{i:04d}.jpg").write_bytes(data)
 
 
+def e2e_overrides(smoke: bool, shards: Path, uri: str, out: Path) -> tuple[list[str], list[str]]:
+    """The end-to-end part's ``--set`` overrides: ``(pretrain on the demo preset, evaluate on the digits preset)``.
+    A function of its own so that the CPU test suite validates both configs (smoke and GPU) without running them."""
+    common = [f"data.train={shards / 'train'}", f"data.val={shards / 'val'}", "data.decode_batch_size=64",
+              f"tracking.uri={uri}", "tracking.log_models=false", "tracking.chain_grids=0", "eval.ks=[5,10]",
+              "optim.epochs=2", "loss.warmup_epochs=1", "resources.num_workers=1", "name=gpu-acceptance",
+              f"checkpoint.storage_path={out / 'runs'}"]
+    if smoke:
+        backbone = "resnet10"
+        common += ["model.backbone=resnet10", "model.hidden_dim=128", "model.queue_size=64", "optim.batch_size=32",
+                   "clustering.sizes=[16,8,4]", "clustering.nredo=1", "service.cpus_per_actor=0",
+                   "resources.use_gpu=false", "resources.local_num_cpus=4", "data.num_cpus=1",
+                   "tracking.hierarchy_every=0", "eval.every=0"]  # kNN at the end only, no per-epoch tree plots
+        eval_res = ["resources.use_gpu=false", "resources.local_num_cpus=4"]
+    else:
+        backbone = "resnet18"
+        common += ["resources.use_gpu=true", "resources.gpus_per_worker=0.75", "service.gpus_per_actor=0.25",
+                   "resources.cpus_per_worker=2", "resources.local_num_cpus=8", "data.num_cpus=2",
+                   "optim.amp=true", "optim.channels_last=true", "data.augment_on=device", "model.queue_size=256",
+                   "optim.batch_size=64"]
+        eval_res = ["resources.use_gpu=true", "resources.gpus_per_worker=1", "resources.local_num_cpus=8",
+                    "resources.cpus_per_worker=2"]
+    eval_sets = [f"model.backbone={backbone}", f"data.train={shards / 'train'}", f"data.val={shards / 'val'}",
+                 "data.decode_batch_size=64", f"tracking.uri={uri}", f"output_dir={out / 'eval'}", "knn.ks=[5,10]",
+                 "resources.num_workers=1", "plot=none", *eval_res]
+    return common, eval_sets
+
+
 def part_end_to_end(rec: Recorder, args) -> None:
     import torch
 
@@ -509,25 +537,7 @@ def part_end_to_end(rec: Recorder, args) -> None:
         return res
 
     step("prepare_data", [*cli, "prepare-data", str(raw), str(shards), "--shard-size", "64", "--num-cpus", "2"], 0.25)
-    common = [f"data.train={shards / 'train'}", f"data.val={shards / 'val'}", "data.decode_batch_size=64",
-              f"tracking.uri={uri}", "tracking.log_models=false", "tracking.chain_grids=0", "eval.ks=[5,10]",
-              "optim.epochs=2", "loss.warmup_epochs=1", "resources.num_workers=1", "name=gpu-acceptance",
-              f"checkpoint.storage_path={out / 'runs'}"]
-    if args.smoke:
-        backbone = "resnet10"
-        common += ["model.backbone=resnet10", "model.hidden_dim=128", "model.queue_size=64", "optim.batch_size=32",
-                   "clustering.sizes=[16,8,4]", "clustering.nredo=1", "service.cpus_per_actor=0",
-                   "resources.use_gpu=false", "resources.local_num_cpus=4", "data.num_cpus=1",
-                   "tracking.hierarchy_every=0", "eval.every=0"]  # kNN at the end only, no per-epoch tree plots
-        eval_res = ["resources.use_gpu=false", "resources.local_num_cpus=4"]
-    else:
-        backbone = "resnet18"
-        common += ["resources.use_gpu=true", "resources.gpus_per_worker=0.75", "service.gpus_per_actor=0.25",
-                   "resources.cpus_per_worker=2", "resources.local_num_cpus=8", "data.num_cpus=2",
-                   "optim.amp=true", "optim.channels_last=true", "data.augment_on=device", "model.queue_size=256",
-                   "optim.batch_size=64"]
-        eval_res = ["resources.use_gpu=true", "resources.gpus_per_worker=1", "resources.local_num_cpus=8",
-                    "resources.cpus_per_worker=2"]
+    common, eval_sets = e2e_overrides(args.smoke, shards, uri, out)
     pre = step("pretrain", [*cli, "pretrain", "--config", "demo", *[a for s in common for a in ("--set", s)]], 0.7)
     summary = pre["summary"]
     run_dir, run_id = summary.get("run_dir"), summary.get("mlflow_run_id")
@@ -546,10 +556,7 @@ def part_end_to_end(rec: Recorder, args) -> None:
     rec["pretrain_completed"] = run.info.status == "FINISHED" and len(losses["loss/total"]) == 2 and bool(
         losses["loss/prototype"])
     ev = [*cli, "evaluate", "--config", "digits", "--source", run_dir, "--protocols", "knn",
-          *[a for s in [f"model.backbone={backbone}", f"data.train={shards / 'train'}", f"data.val={shards / 'val'}",
-                        "data.decode_batch_size=64", f"tracking.uri={uri}", f"output_dir={out / 'eval'}",
-                        "knn.ks=[5,10]", "resources.num_workers=1", "plot=none", *eval_res]
-            for a in ("--set", s)]]
+          *[a for s in eval_sets for a in ("--set", s)]]
     evr = step("evaluate", ev, 0.95)
     results = evr["summary"].get("results")
     knn = {}

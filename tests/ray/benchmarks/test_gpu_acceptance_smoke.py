@@ -1,7 +1,8 @@
-"""``benchmarks/gpu_acceptance.py --smoke``: every part runs at toy sizes on the CPU, so the GPU acceptance script
-cannot rot. The script's Ray work (the distributed K-means, the end-to-end prepare-data + pretrain + evaluate
-commands) joins the test session's Ray through ``RAY_ADDRESS``, as those commands do under ``ray job submit``,
-instead of starting four more local instances."""
+"""``benchmarks/gpu_acceptance.py --smoke``: the parts that measure (environment, training step, K-means,
+augmentation) run at toy sizes on the CPU, so the GPU acceptance script cannot rot; the distributed K-means joins
+the test session's Ray through ``RAY_ADDRESS``. The end-to-end part only chains the CLI commands that
+tests/ray/runtime and tests/ray/cluster_configs run; its config overrides, for the CPU and the GPU, are validated
+in tests/unit/benchmarks/test_gpu_acceptance_config.py."""
 from __future__ import annotations
 
 import json
@@ -13,17 +14,18 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(540)
+pytestmark = pytest.mark.timeout(300)
 
 SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_acceptance.py"
-PARTS = ("environment", "train_step", "kmeans", "augment", "end_to_end")
+PARTS = ("environment", "train_step", "kmeans", "augment")
 
 
-def test_gpu_acceptance_smoke_runs_every_part(ray_session, tmp_path):
+def test_gpu_acceptance_smoke_runs_the_measuring_parts(ray_session, tmp_path):
     out = tmp_path / "acceptance"
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--smoke", "--work-dir", str(tmp_path / "work")],
-                          capture_output=True, text=True, timeout=500, check=False, env=env)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--smoke", "--work-dir", str(tmp_path / "work"),
+                           "--parts", ",".join(PARTS)],
+                          capture_output=True, text=True, timeout=280, check=False, env=env)
     report = json.loads((out / "gpu_acceptance.json").read_text())
     logs = {p.name: p.read_text()[-3000:] for p in (out / "logs").glob("*.log")}
     assert proc.returncode == 0, (proc.stdout[-3000:], {k: v.get("error") for k, v in report["parts"].items()}, logs)
@@ -47,8 +49,3 @@ def test_gpu_acceptance_smoke_runs_every_part(ray_session, tmp_path):
     assert km["lloyd_iteration"]["argmin_agreement"] == 1.0  # the CPU scores in fp32 either way
     assert aug["views_mean_abs_diff"] < 0.05  # same per-row parameters on either side: only uint8 rounding differs
 
-    e2e = report["parts"]["end_to_end"]
-    assert e2e["completed"] and e2e["pretrain_completed"] and e2e["losses_finite"]
-    assert len(e2e["mlflow"]["losses"]["loss/total"]) == 2  # 2 epochs, 1 warm-up: the prototype loss from epoch 1
-    assert len(e2e["mlflow"]["losses"]["loss/prototype"]) == 1
-    assert e2e["evaluate_knn"] and all(0.0 <= v <= 1.0 for v in e2e["evaluate_knn"].values())

@@ -21,7 +21,7 @@ from hierclr.runtime.sweep import run_sweep
 pytestmark = pytest.mark.timeout(1200)
 
 
-def tiny_sweep(tmp: Path, cache: Path, name: str, space: dict, **options) -> Path:
+def tiny_sweep(tmp: Path, cache: Path, name: str, space: dict, extra_set: dict | None = None, **options) -> Path:
     """A sweep file whose trials are tiny 2-epoch HCSC runs (1 warm-up epoch) on 359 digits."""
     tree = {
         "name": name, "base": "demo", "metric": "knn/top1_best", "mode": "max", "max_concurrent_trials": 1,
@@ -32,7 +32,8 @@ def tiny_sweep(tmp: Path, cache: Path, name: str, space: dict, **options) -> Pat
                 "model.momentum": 0.9, "optim.batch_size": 32, "optim.epochs": 2, "optim.base_lr": 0.24,
                 "loss.warmup_epochs": 1, "clustering.nredo": 1,
                 # the clustering actor takes a real CPU: it must be scheduled outside the trial's placement group
-                "service.cpus_per_actor": 1, "resources.num_workers": 2, "resources.cpus_per_worker": 0.5, "eval.ks": [5, 10], "tracking.log_models": False},
+                "service.cpus_per_actor": 1, "resources.num_workers": 2, "resources.cpus_per_worker": 0.5, "eval.ks": [5, 10], "tracking.log_models": False,
+                **(extra_set or {})},
         "space": space, **options,
     }
     path = tmp / f"{name}.yaml"
@@ -147,12 +148,13 @@ def _wait_for(predicate, timeout: float, what: str, proc=None):
 
 def test_interrupted_sweep_resumes_without_duplicating_runs(ray_session, tmp_path, digits_cache):
     space = {"clustering.sizes": {"grid": [[16, 8], [12]]}, "loss.temperature": {"choice": [0.1, 0.2]}}
-    path = tiny_sweep(tmp_path, digits_cache, "s2", space, scheduler={"type": "fifo"})
+    # one Train worker per trial: what is checked here is the sweep's bookkeeping, not DDP (checked above)
+    path = tiny_sweep(tmp_path, digits_cache, "s2", space, {"resources.num_workers": 1}, scheduler={"type": "fifo"})
     assert load_sweep(path).num_trials == 2
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the driver joins the session's Ray (RAY_ADDRESS), as the `ray job submit` entry point does on a cluster
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     log = (tmp_path / "driver.log").open("w")
     pipeline = Path(__file__).resolve().parents[3] / "pipelines" / "sweep.py"  # the `ray job submit` entry point
-    # the driver starts its own local Ray (4 logical CPUs, from the demo preset), as `hierclr sweep` on a laptop
     proc = subprocess.Popen([sys.executable, str(pipeline), "--space", str(path)], stdout=log,
                             stderr=subprocess.STDOUT, env=env)
     client = _client(tmp_path)
