@@ -126,6 +126,7 @@ class Contrastive(Method):
         self.labels_by_id = None  # (N, L) labels of every id, filled at the first E-step when AMI / selection is on
         self.fine_by_id = None  # its level-0 column on the device, for the selection counts
         self.protos = None  # this epoch's prototypes (None in warm-up and for MoCo)
+        self.selection_cache = None  # HCSC: their keep-probability tables, kept current by every enqueue
         self.check_ids = False
         self.selection = None
 
@@ -182,6 +183,12 @@ class Contrastive(Method):
             if self.tracker is not None and every and (epoch - cfg.loss.warmup_epochs) % every == 0:
                 log_hierarchy(self.tracker, protos, f"hierarchy/epoch_{epoch:03d}")
         self.selection = selection_counter(cfg, self.protos, self.fine_by_id)
+        self.selection_cache = None
+        if self.protos is not None and cfg.method == "hcsc":  # from the queue as it is now (also after a resume)
+            t2 = time.perf_counter()
+            core = model.module if hasattr(model, "module") else model
+            self.selection_cache = self.objective.selection_cache(self.protos, core.queue)
+            row["time/selection_cache"] = time.perf_counter() - t2
 
     def step(self, model, optimizer, batch, views, generator, epoch):
         protos = self.protos
@@ -192,7 +199,7 @@ class Contrastive(Method):
                                "there) but decoded in training: they have no prototype assignment")
         return hcsc_train_step(model, self.objective, optimizer, views[0], views[1], ids, protos,
                                local_views=views[2:], generator=generator, amp_dtype=self.env.amp_dtype,
-                               selection=self.selection)
+                               selection=self.selection, selection_cache=self.selection_cache)
 
     def after_train(self) -> dict[str, float]:
         if self.selection is None:
