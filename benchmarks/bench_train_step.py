@@ -144,6 +144,15 @@ class Variant:
         return time.perf_counter() - t0
 
 
+def time_steps(model, objective, protos, batch, device, steps: int, warmup: int, amp,
+               cached: bool = False) -> list[float]:
+    """``warmup`` untimed then ``steps`` timed steps of one variant on ``model`` itself (gpu_acceptance)."""
+    run = Variant(model, objective, protos, device, amp, cached)
+    for _ in range(warmup):
+        run.step(batch)
+    return [run.step(batch) for _ in range(steps)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from hierclr.clustering.prototypes import Prototypes
 from hierclr.losses.selection import SelectionCache
+from hierclr.methods.key_bank import KeyBank
 from hierclr.models.moco import MoCo
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def hcsc_train_step(
     amp_dtype: torch.dtype | None = None,
     selection: SelectionCounter | None = None,
     selection_cache: SelectionCache | None = None,
+    key_bank: KeyBank | None = None,
 ) -> dict[str, Tensor]:
     """Forward all views, loss (ICSC + PCSC, or InfoNCE in warm-up), SGD step, then enqueue keys.
 
@@ -48,7 +50,8 @@ def hcsc_train_step(
     ``selection`` (HCSC with instance selection, after warm-up): counts the ICSC masks of this step against
     the labels of the queue they were drawn on (paper Fig. 5), on the device.
     ``selection_cache``: the epoch's :class:`SelectionCache` (from ``objective.selection_cache``), used by the
-    loss and refreshed here for the enqueued keys.
+    loss and refreshed here for the enqueued keys. ``key_bank`` (``clustering.features: train_keys``): records the
+    enqueued keys (every rank's) of the ids this rank owns.
     Returns the objective's detached metrics.
     """
     core = _core(model)
@@ -70,6 +73,8 @@ def hcsc_train_step(
     slots = core.enqueue(k, ids)
     if selection_cache is not None:
         selection_cache.enqueued(core.queue, slots)
+    if key_bank is not None:
+        key_bank.record(core.queue_ids[slots], core.queue[slots])
     return metrics
 
 
