@@ -145,6 +145,7 @@ def test_train_keys_runs_the_pass_once_per_process_then_clusters_the_bank():
     m.before_epoch(model, 2, row)  # later E-steps: no pass, the bank as it is
     assert len(passes) == 1 and row["time/embed"] < 0.5
     epoch, ids, feats = m.service.calls[-1]
+    assert epoch == 2
     assert ids.tolist() == list(range(6))
     torch.testing.assert_close(feats, m.key_bank.keys[:6])
     # id 3's key is from epoch 0 (2 epochs old); id 4's from the pass at epoch 1's E-step (1 epoch, not stale)
