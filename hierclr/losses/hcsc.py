@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from hierclr.clustering.prototypes import Prototypes
-from hierclr.losses.infonce import info_nce
+from hierclr.losses.infonce import info_nce_from_logits
 from hierclr.losses.protonce import batch_negative_candidates, cross_entropy_first, prototype_logits
 from hierclr.losses.selection import (
     NegativeDrop,
@@ -71,6 +71,10 @@ def icsc_loss(
     queue = queue.detach()
     if cache is not None and masks is None:
         cache.check_covers(prototypes)
+    if temperature <= 0:
+        raise ValueError(f"icsc_loss: temperature must be > 0, got {temperature}")
+    l_pos = (q * k).sum(dim=1, keepdim=True)
+    l_neg = q @ queue.T  # shared by the levels: only the masks differ
     used, losses = [], []
     for level in range(L):
         if masks is None:
@@ -81,7 +85,7 @@ def icsc_loss(
         else:
             mask = masks[level].to(q.dtype)
         used.append(mask)
-        losses.append(info_nce(q, k, queue, temperature, neg_mask=mask, negative_drop=negative_drop))
+        losses.append(info_nce_from_logits(l_pos, l_neg, temperature, neg_mask=mask, negative_drop=negative_drop))
     level_losses = torch.stack(losses)
     loss = level_losses.sum() if level_reduction == "sum" else level_losses.mean()
     info = {
