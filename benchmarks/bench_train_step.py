@@ -8,7 +8,9 @@ Times ``hcsc_train_step`` (forward, loss, backward, SGD, enqueue) with
   * HCSC full as training runs it (``hcsc``: the epoch's :class:`~hierclr.losses.SelectionCache`, refreshed for
     the enqueued keys inside the step: O(B x Q x d) per level),
 and reports each as a ratio to the MoCo v2 step from the same run (same process, same inputs, variants
-interleaved round by round). The cache's once-per-epoch build is timed apart (``cache_build_s``).
+interleaved round by round), in wall seconds and in CPU seconds of the process (``--threads 1`` makes the
+latter a per-step compute cost that other load on a shared machine barely moves). The cache's
+once-per-epoch build is timed apart (``cache_build_s``).
 
 It also prints, analytically, the FLOPs and bytes of the selection before and after the cache for the
 per-GPU batch of the official ImageNet run (ResNet-50, 224 px, 32 images per GPU, 8 GPUs, queue 16384,
@@ -134,14 +136,15 @@ class Variant:
         self.gen = torch.Generator(device=device).manual_seed(0)
         self.cache = objective.selection_cache(protos, model.queue) if cached else None
 
-    def step(self, batch) -> float:
+    def step(self, batch) -> tuple[float, float]:
+        """One timed step: (wall seconds, CPU seconds of this process)."""
         im_q, im_k, ids = batch
         sync(self.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         hcsc_train_step(self.model, self.objective, self.opt, im_q, im_k, ids, self.protos, generator=self.gen,
                         amp_dtype=self.amp, selection_cache=self.cache)
         sync(self.device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 def time_steps(model, objective, protos, batch, device, steps: int, warmup: int, amp,
@@ -150,7 +153,7 @@ def time_steps(model, objective, protos, batch, device, steps: int, warmup: int,
     run = Variant(model, objective, protos, device, amp, cached)
     for _ in range(warmup):
         run.step(batch)
-    return [run.step(batch) for _ in range(steps)]
+    return [run.step(batch)[0] for _ in range(steps)]
 
 
 def main() -> None:
@@ -167,8 +170,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8, help="alternate the variants this many times")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--no-analytic", action="store_true", help="skip the ResNet-50 FLOP / byte count")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1: CPU seconds per step are "
+                                                              "robust to other load on a shared machine)")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     torch.manual_seed(0)
     model = MoCo(args.backbone, queue_size=args.queue, cifar_stem=args.size <= 64).to(device)
@@ -193,19 +200,27 @@ def main() -> None:
         for _ in range(args.warmup):
             run.step(batch)
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):  # interleave so drift (thermal, other load) hits every variant alike
         for name, run in runs.items():
-            times[name] += [run.step(batch) for _ in range(args.steps)]
+            for _ in range(args.steps):
+                wall, used = run.step(batch)
+                times[name].append(wall)
+                cpu[name].append(used)
     sync(device)
     t0 = time.perf_counter()
     hcsc.selection_cache(protos, model.queue)
     sync(device)
     cache_build_s = time.perf_counter() - t0
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     out = {"device": str(device), "backbone": args.backbone, "size": args.size, "batch": args.batch,
            "queue": args.queue, "sizes": sizes, "steps_per_variant": args.steps * args.rounds,
            "median_step_s": {k: round(v, 5) for k, v in med.items()},
            "ratio_vs_moco_v2": {k: round(v / med["moco_v2"], 3) for k, v in med.items()},
+           "threads": torch.get_num_threads(),
+           "median_step_cpu_s": {k: round(v, 5) for k, v in med_cpu.items()},
+           "cpu_ratio_vs_moco_v2": {k: round(v / med_cpu["moco_v2"], 3) for k, v in med_cpu.items()},
            "cache_build_s": round(cache_build_s, 4)}
     if not args.no_analytic:
         out["resnet50_224_per_gpu_batch_32"] = analytic_report(sizes=tuple(sizes), queue=args.queue)
