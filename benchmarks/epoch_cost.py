@@ -58,13 +58,16 @@ def epoch_rows(history: list[dict]) -> list[dict]:
 
 
 def summarise(results: dict[str, list[dict]], steady_from: int) -> dict:
-    """Median steady-state epoch (and parts) per variant, ratios to MoCo v2, E-step share, quality guard."""
+    """Median steady-state epoch (and parts) per variant, ratios to MoCo v2, E-step share, quality guard.
+    ``other_s``: the rest of the epoch (rank 0's AMI monitor, the key bank's shard, barriers)."""
     out: dict = {}
     for name, runs in results.items():
         steady = [row for run in runs for row in run["epochs"] if row["epoch"] >= steady_from]
         med = {k: statistics.median(row[k] for row in steady) for k in ("epoch_s", *PARTS)}
         estep = med["embed"] + med["cluster"] + med["broadcast"] + med["selection_cache"]
+        other = statistics.median(row["epoch_s"] - sum(row[p] for p in PARTS) for row in steady)
         out[name] = {"epoch_s": round(med["epoch_s"], 3), **{f"{p}_s": round(med[p], 3) for p in PARTS},
+                     "other_s": round(other, 3),
                      "estep_fraction": round(estep / med["epoch_s"], 4),
                      "first_estep_epoch_s": [round(row["epoch_s"], 2) for run in runs for row in run["epochs"]
                                              if row["epoch"] == steady_from - 1],
