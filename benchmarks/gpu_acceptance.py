@@ -180,8 +180,9 @@ def part_train_step(rec: Recorder, args) -> None:
                     "warmup_steps": warmup, "timed_steps": steps, "amp": "bf16 autocast + channels_last (on/off)"}
     results = []
     protos = random_prototypes(num_images, sizes, 128, device)
-    objectives = {"moco_v2": (HCSCObjective(HCSCLossConfig(warmup_epochs=0)), None),
-                  "hcsc": (HCSCObjective(HCSCLossConfig()), protos)}
+    objectives = {"moco_v2": (HCSCObjective(HCSCLossConfig(warmup_epochs=0)), None, False),
+                  "hcsc": (HCSCObjective(HCSCLossConfig()), protos, True),  # with the epoch's SelectionCache
+                  "hcsc_full_softmax": (HCSCObjective(HCSCLossConfig()), protos, False)}  # before the cache
     model, model_key = None, None
     for backbone, size, batch in configs:
         try:
@@ -206,16 +207,18 @@ def part_train_step(rec: Recorder, args) -> None:
                 im_q = torch.randn(batch, 3, size, size, device=device, generator=g).contiguous(memory_format=fmt)
                 im_k = torch.randn(batch, 3, size, size, device=device, generator=g).contiguous(memory_format=fmt)
                 ids = torch.randint(0, num_images, (batch,), device=device, generator=g)
-                for name, (obj, pr) in objectives.items():
+                for name, (obj, pr, cached) in objectives.items():
                     if cuda:
                         torch.cuda.synchronize()
                         torch.cuda.reset_peak_memory_stats()
                     times = time_steps(model, obj, pr, (im_q, im_k, ids), device, steps, warmup,
-                                       torch.bfloat16 if amp else None)
+                                       torch.bfloat16 if amp else None, cached=cached)
                     med = statistics.median(times)
                     row[name] = {"ms_per_step": round(1000 * med, 2), "images_per_s": round(batch / med, 1),
                                  "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None}
                 row["hcsc_over_moco"] = round(row["hcsc"]["ms_per_step"] / row["moco_v2"]["ms_per_step"], 3)
+                row["hcsc_full_softmax_over_moco"] = round(
+                    row["hcsc_full_softmax"]["ms_per_step"] / row["moco_v2"]["ms_per_step"], 3)
             except Exception as e:  # noqa: BLE001 -- e.g. out of memory: record, go on with the next config
                 row["error"] = _error(e)
                 if cuda:

@@ -2,6 +2,8 @@
 K-means entry point) and the Ray actor pool that runs it."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from hierclr.clustering.hierarchical import validate_sizes
@@ -14,6 +16,10 @@ class ClusteringConfig(KMeansSettings):
     plus the prototype counts per level; defaults are the official HCSC ImageNet settings."""
 
     sizes: tuple[int, ...] = (3000, 2000, 1000)
+    features: Literal["embed_pass", "train_keys"] = Field(
+        "embed_pass", description="what the E-step clusters: embed_pass = the momentum encoder's features from a "
+        "pass over the data (eval transform; the official code); train_keys = the latest momentum key of every "
+        "image from the training steps (no extra pass; hierclr.methods.key_bank)")
 
     @field_validator("sizes")
     @classmethod

@@ -6,10 +6,13 @@ from hierclr.losses.infonce import info_nce
 from hierclr.losses.objective import HCSCObjective, PCLObjective
 from hierclr.losses.protonce import batch_negative_candidates, proto_nce_loss, prototype_logits
 from hierclr.losses.selection import (
+    SelectionCache,
     apply_negative_mask,
     bernoulli_mask,
     instance_keep_prob,
     prototype_keep_prob,
+    prototype_log_softmax,
+    queue_log_normaliser,
 )
 from hierclr.losses.supcon import supcon_loss
 from hierclr.losses.varcon import varcon_loss
@@ -17,6 +20,7 @@ from hierclr.losses.varcon import varcon_loss
 __all__ = [
     "HCSCObjective",
     "PCLObjective",
+    "SelectionCache",
     "adaptive_weights",
     "aggregate_features",
     "apply_negative_mask",
@@ -33,7 +37,9 @@ __all__ = [
     "pcsc_loss",
     "proto_nce_loss",
     "prototype_keep_prob",
+    "prototype_log_softmax",
     "prototype_logits",
+    "queue_log_normaliser",
     "supcon_loss",
     "varcon_loss",
 ]

@@ -14,10 +14,11 @@ import torch
 from torch import Tensor
 
 from hierclr.clustering.prototypes import Prototypes
-from hierclr.losses.infonce import info_nce
+from hierclr.losses.infonce import info_nce_from_logits
 from hierclr.losses.protonce import batch_negative_candidates, cross_entropy_first, prototype_logits
 from hierclr.losses.selection import (
     NegativeDrop,
+    SelectionCache,
     bernoulli_mask,
     instance_keep_prob,
     prototype_keep_prob,
@@ -48,6 +49,7 @@ def icsc_loss(
     level_reduction: LevelReduction = "sum",
     masks: Sequence[Tensor] | None = None,
     generator: torch.Generator | None = None,
+    cache: SelectionCache | None = None,
 ) -> tuple[Tensor, dict]:
     """Instance-wise contrastive selective coding, Eq. 6 over the levels of ``prototypes``.
 
@@ -59,22 +61,31 @@ def icsc_loss(
     Args:
         masks: one ``(B, Q)`` 0/1 tensor per level, used as-is instead of drawing (tests, analysis,
             and the local views of multi-crop, which reuse the global view's masks).
+        cache: the epoch's :class:`SelectionCache` for ``prototypes`` and ``queue``: Eq. 4 at O(B x Q x d)
+            per level instead of O(Q x K x d); same probabilities up to float rounding.
     """
     if level_reduction not in LEVEL_REDUCTIONS:
         raise ValueError(f"level_reduction must be one of {LEVEL_REDUCTIONS}, got {level_reduction!r}")
     L = prototypes.num_levels
     _check_masks(masks, L, "icsc_loss")
     queue = queue.detach()
+    if cache is not None and masks is None:
+        cache.check_covers(prototypes)
+    if temperature <= 0:
+        raise ValueError(f"icsc_loss: temperature must be > 0, got {temperature}")
+    l_pos = (q * k).sum(dim=1, keepdim=True)
+    l_neg = q @ queue.T  # shared by the levels: only the masks differ
     used, losses = [], []
     for level in range(L):
         if masks is None:
             assign = prototypes.assignments[ids, level]
-            keep = instance_keep_prob(queue, prototypes.centroids[level], prototypes.phi[level], assign)
+            log_norm = cache.queue_log_norm[level] if cache is not None else None
+            keep = instance_keep_prob(queue, prototypes.centroids[level], prototypes.phi[level], assign, log_norm)
             mask = bernoulli_mask(keep, *INSTANCE_KEEP_CLAMP, generator=generator)
         else:
             mask = masks[level].to(q.dtype)
         used.append(mask)
-        losses.append(info_nce(q, k, queue, temperature, neg_mask=mask, negative_drop=negative_drop))
+        losses.append(info_nce_from_logits(l_pos, l_neg, temperature, neg_mask=mask, negative_drop=negative_drop))
     level_losses = torch.stack(losses)
     loss = level_losses.sum() if level_reduction == "sum" else level_losses.mean()
     info = {
@@ -94,6 +105,7 @@ def pcsc_loss(
     selection: bool = True,
     masks: Sequence[Tensor] | None = None,
     generator: torch.Generator | None = None,
+    cache: SelectionCache | None = None,
 ) -> tuple[Tensor, dict]:
     """Prototypical contrastive selective coding, Eq. 9: ProtoNCE per level, averaged over levels.
 
@@ -106,11 +118,14 @@ def pcsc_loss(
         selection: False uses every candidate at every level (ablation "PS off").
         masks: one ``(B, M_n)`` 0/1 tensor per level over *all* level-n prototypes (entries of
             non-candidates are ignored), used as-is instead of drawing.
+        cache: the epoch's :class:`SelectionCache` for ``prototypes``: Eq. 7's softmax read, not recomputed.
     Returns:
         ``info["kept_fraction"][n]``: fraction of (query, candidate) pairs kept at level n.
     """
     L = prototypes.num_levels
     _check_masks(masks, L, "pcsc_loss")
+    if cache is not None and masks is None and selection:
+        cache.check_covers(prototypes)
     used, losses, kept = [], [], []
     for level in range(L):
         C, phi = prototypes.centroids[level], prototypes.phi[level]
@@ -123,7 +138,7 @@ def pcsc_loss(
         elif selection and level < L - 1:
             keep = prototype_keep_prob(
                 C, prototypes.centroids[level + 1], prototypes.phi[level + 1], prototypes.parents[level],
-                pos, torch.arange(M, device=C.device),
+                pos, torch.arange(M, device=C.device), cache.proto_log_s[level] if cache is not None else None,
             )
             mask = bernoulli_mask(keep, *PROTOTYPE_KEEP_CLAMP, generator=generator)
         used.append(mask)

@@ -28,6 +28,19 @@ def info_nce(
     if temperature <= 0:
         raise ValueError(f"info_nce: temperature must be > 0, got {temperature}")
     l_pos = (q * k).sum(dim=1, keepdim=True)
-    l_neg = apply_negative_mask(q @ queue.detach().T, neg_mask, negative_drop)
-    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+    return info_nce_from_logits(l_pos, q @ queue.detach().T, temperature, neg_mask=neg_mask,
+                                negative_drop=negative_drop)
+
+
+def info_nce_from_logits(
+    l_pos: Tensor,
+    l_neg: Tensor,
+    temperature: float,
+    *,
+    neg_mask: Tensor | None = None,
+    negative_drop: NegativeDrop = "zero",
+) -> Tensor:
+    """:func:`info_nce` from ``l_pos = q . k`` ``(B, 1)`` and ``l_neg = q . queue`` ``(B, Q)``: ICSC reuses one
+    ``l_neg`` for every level's mask (one ``(B, Q, d)`` product and one backward through it, not L)."""
+    logits = torch.cat([l_pos, apply_negative_mask(l_neg, neg_mask, negative_drop)], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(l_pos.shape[0], dtype=torch.long, device=l_pos.device))

@@ -11,6 +11,7 @@ from hierclr.config.pretrain import HCSCLossConfig
 from hierclr.losses.hcsc import icsc_loss, pcsc_loss
 from hierclr.losses.infonce import info_nce
 from hierclr.losses.protonce import proto_nce_loss
+from hierclr.losses.selection import SelectionCache
 
 
 class HCSCObjective:
@@ -40,6 +41,16 @@ class HCSCObjective:
     def in_warmup(self, epoch: int) -> bool:
         return epoch < self.cfg.warmup_epochs
 
+    def selection_cache(self, prototypes: Prototypes | None, queue: Tensor) -> SelectionCache | None:
+        """A :class:`SelectionCache` for this epoch's prototypes and the queue as it is now, or None where no
+        keep probability is drawn (warm-up, selection off)."""
+        cfg = self.cfg
+        selects = (cfg.instance_loss and cfg.instance_selection) or (cfg.prototype_loss and cfg.prototype_selection)
+        if prototypes is None or not selects:
+            return None
+        protos = prototypes if cfg.hierarchical_prototypes else prototypes.truncate(1)
+        return SelectionCache(protos, queue.detach())
+
     def __call__(
         self,
         q: Tensor,
@@ -51,6 +62,7 @@ class HCSCObjective:
         local_q: Sequence[Tensor] = (),
         generator: torch.Generator | None = None,
         out_masks: list[Tensor] | None = None,
+        selection_cache: SelectionCache | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         T = cfg.temperature
@@ -64,13 +76,14 @@ class HCSCObjective:
         protos = prototypes if cfg.hierarchical_prototypes else prototypes.truncate(1)
         loss = q.new_zeros(())
         if cfg.instance_loss:
-            inst = self._instance_term(q, k, queue, protos, ids, local_q, generator, metrics, out_masks)
+            inst = self._instance_term(q, k, queue, protos, ids, local_q, generator, metrics, out_masks,
+                                       selection_cache)
             metrics["loss/instance"] = inst.detach()
             loss = loss + inst
         if cfg.prototype_loss:
             proto, info = pcsc_loss(
                 q, protos, ids, negative_drop=cfg.negative_drop, selection=cfg.prototype_selection,
-                generator=generator,
+                generator=generator, cache=selection_cache,
             )
             for level, (l, f) in enumerate(zip(info["level_losses"], info["kept_fraction"])):
                 metrics[f"loss/prototype_l{level}"] = l
@@ -78,19 +91,19 @@ class HCSCObjective:
             for view in local_q:
                 proto = proto + pcsc_loss(
                     view, protos, ids, negative_drop=cfg.negative_drop, selection=cfg.prototype_selection,
-                    generator=generator,
+                    generator=generator, cache=selection_cache,
                 )[0]
             metrics["loss/prototype"] = proto.detach()
             loss = loss + proto
         metrics["loss/total"] = loss.detach()
         return loss, metrics
 
-    def _instance_term(self, q, k, queue, protos, ids, local_q, generator, metrics, out_masks) -> Tensor:
+    def _instance_term(self, q, k, queue, protos, ids, local_q, generator, metrics, out_masks, cache) -> Tensor:
         cfg = self.cfg
         if not cfg.instance_selection:
             return sum((info_nce(v, k, queue, cfg.temperature) for v in (q, *local_q)), q.new_zeros(()))
         kw = {"temperature": cfg.temperature, "negative_drop": cfg.negative_drop, "level_reduction": cfg.instance_level_reduction}
-        inst, info = icsc_loss(q, k, queue, protos, ids, generator=generator, **kw)
+        inst, info = icsc_loss(q, k, queue, protos, ids, generator=generator, cache=cache, **kw)
         if out_masks is not None:
             out_masks.extend(info["masks"])
         for level, (l, f) in enumerate(zip(info["level_losses"], info["kept_fraction"])):

@@ -4,10 +4,13 @@ Selection lives with the losses, not in the model: the model only produces embed
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from hierclr.clustering.prototypes import Prototypes
 
 NegativeDrop = Literal["zero", "remove"]
 NEGATIVE_DROPS = ("zero", "remove")
@@ -16,22 +19,54 @@ NEGATIVE_DROPS = ("zero", "remove")
 PHI_FLOOR = 1e-3
 
 
+# Rows of the queue per block when a whole queue's log-normalisers are computed: bounds the (rows, K) logits.
+_LOG_NORM_BLOCK = 4096
+
+
 @torch.no_grad()
-def instance_keep_prob(queue: Tensor, centroids: Tensor, phi: Tensor, assign: Tensor) -> Tensor:
+def queue_log_normaliser(keys: Tensor, centroids: Tensor, phi: Tensor) -> Tensor:
+    """``log sum_k exp(keys_j . C[k] / max(phi_k, 1e-3))`` per key: the denominator of HCSC Eq. 4.
+
+    It depends on the key and the epoch's prototypes only, never on the query, so a step need not
+    recompute it: :class:`SelectionCache` keeps it per queue row. Computed in blocks of rows.
+
+    Args: keys: ``(Q, d)``. centroids: ``(K, d)``. phi: ``(K,)``. Returns: ``(Q,)``.
+    """
+    phi = phi.clamp_min(PHI_FLOOR)
+    parts = [torch.logsumexp((block @ centroids.T) / phi, dim=1) for block in keys.split(_LOG_NORM_BLOCK)]
+    return torch.cat(parts) if parts else keys.new_zeros(0)
+
+
+@torch.no_grad()
+def instance_keep_prob(
+    queue: Tensor, centroids: Tensor, phi: Tensor, assign: Tensor, log_norm: Tensor | None = None
+) -> Tensor:
     """Keep probability of every queue negative for every query, HCSC Eq. 4 with per-prototype phi.
 
     ``P_j = softmax_k(queue_j . C[k] / max(phi_k, 1e-3))`` over the level's prototypes; for query i
     assigned to prototype ``y_i`` (this epoch's K-means assignment), ``p_ij = 1 - P_j[y_i]``: a
     negative that is likely to belong to the query's own cluster is likely to be dropped.
 
+    Only ``P_j[y_i] = exp(queue_j . C[y_i] / phi_{y_i} - log_norm_j)`` is needed: O(B x Q x d) given
+    ``log_norm`` (:func:`queue_log_normaliser` of the queue, e.g. from a :class:`SelectionCache`);
+    without it the normaliser is computed here, O(Q x K x d).
+
     Args:
         queue: ``(Q, d)`` normalised keys. centroids: ``(K, d)``. phi: ``(K,)``.
-        assign: ``(B,)`` long, the queries' prototypes at this level.
+        assign: ``(B,)`` long, the queries' prototypes at this level. log_norm: ``(Q,)`` or None.
     Returns: ``(B, Q)``.
     """
-    logits = (queue @ centroids.T) / phi.clamp_min(PHI_FLOOR)  # (Q, K)
-    log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    return 1.0 - log_p[:, assign].T.exp()
+    if log_norm is None:
+        log_norm = queue_log_normaliser(queue, centroids, phi)
+    logits = (centroids[assign] @ queue.T) / phi.clamp_min(PHI_FLOOR)[assign, None]  # (B, Q)
+    return 1.0 - (logits - log_norm).exp()
+
+
+@torch.no_grad()
+def prototype_log_softmax(centroids: Tensor, next_centroids: Tensor, next_phi: Tensor) -> Tensor:
+    """``log S``, ``S_j = softmax_k(C_n[j] . C_{n+1}[k] / max(phi_{n+1}[k], 1e-3))`` (HCSC Eq. 7): ``(M_n, M_{n+1})``."""
+    logits = (centroids @ next_centroids.T) / next_phi.clamp_min(PHI_FLOOR)
+    return logits - torch.logsumexp(logits, dim=1, keepdim=True)
 
 
 @torch.no_grad()
@@ -42,6 +77,7 @@ def prototype_keep_prob(
     parents: Tensor,
     pos: Tensor,
     neg_ids: Tensor,
+    log_s: Tensor | None = None,
 ) -> Tensor:
     """Keep probability of candidate negative prototypes, HCSC Eq. 7 with per-prototype phi.
 
@@ -53,11 +89,51 @@ def prototype_keep_prob(
         centroids: ``(M_n, d)`` level n. next_centroids: ``(M_{n+1}, d)``. next_phi: ``(M_{n+1},)``.
         parents: ``(M_n,)`` level n -> n+1. pos: ``(B,)`` positives at level n.
         neg_ids: ``(J,)`` candidate negative ids at level n.
+        log_s: the epoch's ``(M_n, M_{n+1})`` :func:`prototype_log_softmax` (a :class:`SelectionCache`
+            keeps it), or None to compute the candidates' rows here.
     Returns: ``(B, J)``.
     """
-    logits = (centroids[neg_ids] @ next_centroids.T) / next_phi.clamp_min(PHI_FLOOR)  # (J, M_{n+1})
-    log_s = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    if log_s is None:
+        log_s = prototype_log_softmax(centroids[neg_ids], next_centroids, next_phi)
+    else:
+        log_s = log_s[neg_ids]
     return 1.0 - log_s[:, parents[pos]].T.exp()
+
+
+class SelectionCache:
+    """What HCSC's keep probabilities need that is fixed for an epoch: O(B x Q) selection per level.
+
+    * ``queue_log_norm[l]``: the ``(Q,)`` :func:`queue_log_normaliser` of every queue row at level l
+      (Eq. 4's denominator). Built from the whole queue when the epoch's prototypes arrive (O(Q x K x d),
+      once), then refreshed for the rows written by each enqueue (:meth:`enqueued`, O(B x K x d)).
+    * ``proto_log_s[n]``: :func:`prototype_log_softmax` of level n against level n+1 (Eq. 7).
+
+    It stays exact only if every queue write goes through :meth:`enqueued` (the training step does
+    this); a resumed run builds a new cache from the restored queue.
+    """
+
+    def __init__(self, prototypes: Prototypes, queue: Tensor) -> None:
+        self.prototypes = prototypes
+        self.queue_log_norm = torch.stack([
+            queue_log_normaliser(queue, C, phi) for C, phi in zip(prototypes.centroids, prototypes.phi)
+        ])  # (L, Q)
+        cents, phis = prototypes.centroids, prototypes.phi
+        self.proto_log_s = tuple(prototype_log_softmax(cents[n], cents[n + 1], phis[n + 1])
+                                 for n in range(prototypes.num_levels - 1))
+
+    @torch.no_grad()
+    def enqueued(self, queue: Tensor, slots: Tensor) -> None:
+        """Refresh the log-normalisers of the queue rows ``slots`` (just written by an enqueue)."""
+        keys = queue[slots]
+        for level, (C, phi) in enumerate(zip(self.prototypes.centroids, self.prototypes.phi)):
+            self.queue_log_norm[level, slots] = queue_log_normaliser(keys, C, phi).to(self.queue_log_norm.dtype)
+
+    def check_covers(self, prototypes: Prototypes) -> None:
+        """Raise unless ``prototypes`` are (the finest levels of) the prototypes this cache was built for."""
+        mine = self.prototypes.centroids
+        if prototypes.num_levels > len(mine) or any(c is not m for c, m in zip(prototypes.centroids, mine)):
+            raise ValueError(f"SelectionCache was built for the prototypes of epoch {self.prototypes.epoch}, "
+                             f"not for these (epoch {prototypes.epoch}): build a new cache for new prototypes")
 
 
 @torch.no_grad()

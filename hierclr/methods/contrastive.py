@@ -3,9 +3,13 @@
 Worker side (:class:`Contrastive`), per epoch:
 
 1. E-step (HCSC / PCL, after warm-up): the momentum encoder embeds this worker's share of the ``embed``
-   stream; the (ids, features) shard goes to the clustering service (:mod:`hierclr.service`) as an object
-   ref; every worker receives the same :class:`~hierclr.clustering.Prototypes` for the epoch. With labels,
-   the AMI of the prototypes against every label level (paper Table 11) is reported.
+   stream (``clustering.features: embed_pass``), or, with ``train_keys``, the worker's
+   :class:`~hierclr.methods.key_bank.KeyBank` (the latest training key of the ids it owns) is the shard, the
+   pass running only at the first E-step of the process; the (ids, features) shard goes to the clustering
+   service (:mod:`hierclr.service`) as an object ref; every worker receives the same
+   :class:`~hierclr.clustering.Prototypes` for the epoch, and HCSC builds their
+   :class:`~hierclr.losses.SelectionCache` from the queue. With labels, the AMI of the prototypes against
+   every label level (paper Table 11) is reported.
 2. M-step: :func:`~hierclr.methods.contrastive_step.hcsc_train_step` (MoCo queue shared across workers through
    the all-gathered enqueue), lr on a per-epoch cosine schedule. With labels, the ICSC masks are counted
    against them on the device and summed over the ranks once (paper Fig. 5).
@@ -34,6 +38,7 @@ from hierclr.io.fs import resolve
 from hierclr.losses import HCSCObjective, PCLObjective
 from hierclr.methods.base import Method, Plan, Prepared
 from hierclr.methods.contrastive_step import embed_pass, hcsc_train_step
+from hierclr.methods.key_bank import KeyBank
 from hierclr.models import MoCo
 from hierclr.runtime.artifacts import log_hierarchy
 from hierclr.runtime.metrics import gather_objects, sum_over_ranks
@@ -126,6 +131,11 @@ class Contrastive(Method):
         self.labels_by_id = None  # (N, L) labels of every id, filled at the first E-step when AMI / selection is on
         self.fine_by_id = None  # its level-0 column on the device, for the selection counts
         self.protos = None  # this epoch's prototypes (None in warm-up and for MoCo)
+        self.selection_cache = None  # HCSC: their keep-probability tables, kept current by every enqueue
+        self.key_bank = None  # clustering.features: train_keys: the latest key of the ids this rank owns
+        if cfg.uses_clustering and cfg.clustering.features == "train_keys":
+            self.key_bank = KeyBank(run.num_rows, cfg.model.dim, env.rank, env.world, env.device)
+        self.estep_done = False  # the first E-step of this process runs the embed pass (train_keys too)
         self.check_ids = False
         self.selection = None
 
@@ -155,14 +165,30 @@ class Contrastive(Method):
         cfg, env = self.cfg, self.env
         self.protos, self.check_ids = None, False
         need_e = uses_prototypes(cfg, epoch)
+        bank = self.key_bank
+        if bank is not None:
+            bank.begin_epoch(epoch)  # keys written from now on (this E-step's fill, this epoch's steps) carry it
         t0 = time.perf_counter()
-        embedded = self._embed(model, self.embed_it, head=True, backbone=False) if need_e else None
+        embedded = None
+        if need_e and (bank is None or not self.estep_done):
+            embedded = self._embed(model, self.embed_it, head=True, backbone=False)
+            if bank is not None:  # ids no step has trained on yet (all of them after a resume) take these features
+                for part_ids, part_feats in gather_objects((embedded["ids"], embedded["head"])):
+                    bank.fill_missing(part_ids, part_feats)
         row["time/embed"] = time.perf_counter() - t0
         row["time/cluster"] = row["time/broadcast"] = 0.0
         if need_e:
+            if embedded is not None:
+                ids, feats = embedded["ids"], embedded["head"]
+            else:
+                ids, feats = bank.shard()
+                ages = bank.ages(epoch)  # 1: trained on in the last epoch; more: a drop_last remainder since
+                counts = torch.tensor([int((ages > 1).sum()), ages.numel()], device=env.device)
+                stale, total = sum_over_ranks(counts).tolist()
+                row["bank/stale_fraction"] = stale / max(total, 1)
+            self.estep_done = True
             t1 = time.perf_counter()
-            protos, stats = self.service.estep(epoch, env.rank, env.world, embedded["ids"], embedded["head"],
-                                               device=env.device)
+            protos, stats = self.service.estep(epoch, env.rank, env.world, ids, feats, device=env.device)
             waited = time.perf_counter() - t1
             row["time/cluster"] = stats.cluster_s
             row["time/broadcast"] = max(waited - stats.total_s, 0.0)  # incl. waiting for the slowest rank
@@ -170,7 +196,8 @@ class Contrastive(Method):
             self.protos = protos = protos.to(env.device)
             self.check_ids = stats.num_missing > 0  # ids skipped by the embed stream must not reach the loss
             lm = self.level_map
-            if (cfg.eval.ami or cfg.eval.selection_quality) and lm is not None and self.labels_by_id is None:
+            if (cfg.eval.ami or cfg.eval.selection_quality) and lm is not None and self.labels_by_id is None \
+                    and embedded is not None:
                 self.labels_by_id = gather_labels(embedded["ids"], embedded["labels"], len(protos.assignments), lm)
                 self.fine_by_id = torch.as_tensor(self.labels_by_id[:, 0], device=env.device)
             if cfg.eval.ami and lm is not None and env.rank == 0:  # paper Table 11, per epoch
@@ -182,6 +209,12 @@ class Contrastive(Method):
             if self.tracker is not None and every and (epoch - cfg.loss.warmup_epochs) % every == 0:
                 log_hierarchy(self.tracker, protos, f"hierarchy/epoch_{epoch:03d}")
         self.selection = selection_counter(cfg, self.protos, self.fine_by_id)
+        self.selection_cache = None
+        if self.protos is not None and cfg.method == "hcsc":  # from the queue as it is now (also after a resume)
+            t2 = time.perf_counter()
+            core = model.module if hasattr(model, "module") else model
+            self.selection_cache = self.objective.selection_cache(self.protos, core.queue)
+            row["time/selection_cache"] = time.perf_counter() - t2
 
     def step(self, model, optimizer, batch, views, generator, epoch):
         protos = self.protos
@@ -192,7 +225,8 @@ class Contrastive(Method):
                                "there) but decoded in training: they have no prototype assignment")
         return hcsc_train_step(model, self.objective, optimizer, views[0], views[1], ids, protos,
                                local_views=views[2:], generator=generator, amp_dtype=self.env.amp_dtype,
-                               selection=self.selection)
+                               selection=self.selection, selection_cache=self.selection_cache,
+                               key_bank=self.key_bank)
 
     def after_train(self) -> dict[str, float]:
         if self.selection is None:
@@ -289,6 +323,7 @@ class ContrastivePlan(Plan):
         header = (f"{cfg.method}, {cfg.resources.num_workers} worker(s), {train_src.num_rows} images, "
                   f"epochs {start_epoch}..{cfg.optim.epochs - 1}")
         run_fields = {"num_classes": len(train_src.classes), "has_val": val_src is not None,
+                      "num_rows": train_src.num_rows,
                       "level_map": train_src.level_map().tolist() if train_src.classes else None}
         return Prepared(streams=streams, run_fields=run_fields, tags={"hierclr.method": cfg.method},
                         header=header, train_src=train_src)

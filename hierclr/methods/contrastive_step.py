@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from hierclr.clustering.prototypes import Prototypes
+from hierclr.losses.selection import SelectionCache
+from hierclr.methods.key_bank import KeyBank
 from hierclr.models.moco import MoCo
 
 if TYPE_CHECKING:
@@ -36,6 +38,8 @@ def hcsc_train_step(
     generator: torch.Generator | None = None,
     amp_dtype: torch.dtype | None = None,
     selection: SelectionCounter | None = None,
+    selection_cache: SelectionCache | None = None,
+    key_bank: KeyBank | None = None,
 ) -> dict[str, Tensor]:
     """Forward all views, loss (ICSC + PCSC, or InfoNCE in warm-up), SGD step, then enqueue keys.
 
@@ -45,6 +49,9 @@ def hcsc_train_step(
     ``amp_dtype`` (e.g. ``torch.bfloat16``) autocasts the encoders; the loss is computed in fp32.
     ``selection`` (HCSC with instance selection, after warm-up): counts the ICSC masks of this step against
     the labels of the queue they were drawn on (paper Fig. 5), on the device.
+    ``selection_cache``: the epoch's :class:`SelectionCache` (from ``objective.selection_cache``), used by the
+    loss and refreshed here for the enqueued keys. ``key_bank`` (``clustering.features: train_keys``): records the
+    enqueued keys (every rank's) of the ids this rank owns.
     Returns the objective's detached metrics.
     """
     core = _core(model)
@@ -55,13 +62,19 @@ def hcsc_train_step(
     local_q = [v.float() for v in out[2]] if local_views else []
     masks: list[Tensor] = []
     hook = {"out_masks": masks} if selection is not None else {}
+    if selection_cache is not None:
+        hook["selection_cache"] = selection_cache
     loss, metrics = objective(q, k, core.queue, prototypes, ids, local_q=local_q, generator=generator, **hook)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     if selection is not None:
         selection.add(masks, ids, core.queue_ids)  # before the enqueue: the queue the masks were drawn on
-    core.enqueue(k, ids)
+    slots = core.enqueue(k, ids)
+    if selection_cache is not None:
+        selection_cache.enqueued(core.queue, slots)
+    if key_bank is not None:
+        key_bank.record(core.queue_ids[slots], core.queue[slots])
     return metrics
 
 

@@ -139,13 +139,14 @@ class MoCo(nn.Module):
             param_k.mul_(m).add_(param_q.detach(), alpha=1.0 - m)
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor, ids: torch.Tensor) -> None:
+    def enqueue(self, keys: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Write ``keys`` (B, dim) and their dataset ``ids`` (B,) into the queue at the pointer.
 
         Under torch.distributed, keys and ids of all ranks are gathered first (rank order), so every
         rank holds the same queue; all ranks must pass the same batch size. Writes wrap around the
         end of the queue, so the global batch need not divide ``queue_size``, but it must not exceed
-        it. Keys are stored as given (the model's keys are already L2-normalised).
+        it. Keys are stored as given (the model's keys are already L2-normalised). Returns the queue
+        slots written, in the order of the (gathered) keys.
         """
         if keys.ndim != 2 or keys.shape[1] != self.dim:
             raise ValueError(
@@ -167,6 +168,7 @@ class MoCo(nn.Module):
         self.queue[slots] = keys.to(self.queue.dtype)
         self.queue_ids[slots] = ids
         self.queue_ptr[0] = (ptr + batch) % self.queue_size
+        return slots
 
     def forward_query(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised query embeddings ``normalize(encoder_q(x))``, with gradient."""

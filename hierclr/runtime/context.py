@@ -20,6 +20,7 @@ class RunContext:
     mlflow_run_id: str | None
     level_map: list | None = None  # (C, L): class c's label at every hierarchy level; None: unlabelled data
     num_classes: int = 0
+    num_rows: int = 0  # images in the training split (the E-step's id range)
     has_val: bool = False
     service_name: str | None = None  # the E-step's clustering service (contrastive methods with prototypes)
     resume_from: str | None = None  # a checkpoint to start from when Ray Train has none (--resume PATH)

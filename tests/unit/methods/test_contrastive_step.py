@@ -91,3 +91,31 @@ def test_step_counts_selection_against_the_queue_before_its_enqueue():
         queue_labels = torch.where(queue_ids >= 0, labels[queue_ids.clamp_min(0)], -1)
         want = [[int(selection_counts(m, labels[ids], queue_labels)[n]) for n in COUNT_NAMES] for m in masks]
         assert got.tolist() == want
+
+
+def test_step_refreshes_the_selection_cache_at_every_enqueue():
+    """Through the real step (queue of 8, batches of 4: wraps at the third): the cache the loss read equals one
+    built from scratch on the final queue, and the step's losses equal those of the cache-less step."""
+    g = torch.Generator().manual_seed(1)
+    parents = [torch.tensor([0, 1, 0, 1])]
+    protos = Prototypes([F.normalize(torch.randn(m, 8, generator=g), dim=1) for m in (4, 2)], parents,
+                        [torch.full((m,), 0.2) for m in (4, 2)], compose_assignments(torch.arange(12) % 4, parents))
+    images = torch.randn(12, 3, 16, 16, generator=g)
+    objective = HCSCObjective(HCSCLossConfig(warmup_epochs=0))
+    losses, models, caches = [], [], []
+    for use_cache in (False, True):
+        torch.manual_seed(0)
+        model = MoCo("resnet10", dim=8, hidden_dim=16, queue_size=8, cifar_stem=True)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        cache = objective.selection_cache(protos, model.queue) if use_cache else None
+        gen = torch.Generator().manual_seed(7)
+        run = [hcsc_train_step(model, objective, optimizer, images[ids], images[ids].flip(3), ids, protos,
+                               generator=gen, selection_cache=cache)["loss/total"]
+               for ids in (torch.arange(0, 4), torch.arange(4, 8), torch.arange(8, 12))]
+        losses.append(torch.stack(run))
+        models.append(model)
+        caches.append(cache)
+    torch.testing.assert_close(losses[1], losses[0])
+    fresh = objective.selection_cache(protos, models[1].queue)
+    torch.testing.assert_close(caches[1].queue_log_norm, fresh.queue_log_norm, rtol=0, atol=1e-5)
+    assert int(models[1].queue_ptr) == 4
