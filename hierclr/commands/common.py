@@ -38,8 +38,9 @@ def resolve_config(args: argparse.Namespace, list_presets, load):
     return cfg
 
 
-def train_and_report(cfg, args: argparse.Namespace, keep) -> int:
-    """Run ``cfg`` with the one driver; print the chosen numbers of each epoch and a JSON summary."""
+def train_and_report(cfg, args: argparse.Namespace, keep, floor: dict | None = None) -> int:
+    """Run ``cfg`` with the one driver; print the chosen numbers of each epoch and a JSON summary, and next to the
+    last kNN top-1 the raw-pixel ``floor`` of the same split when one is given (:mod:`hierclr.eval.pixel_floor`)."""
     import time
 
     from hierclr.runtime.driver import run_training
@@ -50,5 +51,12 @@ def train_and_report(cfg, args: argparse.Namespace, keep) -> int:
         print(json.dumps({k: round(v, 4) for k, v in row.items() if keep(k)}))
     summary = {"run_dir": result.run_dir, "checkpoint": result.checkpoint, "best": result.best,
                "mlflow_run_id": result.mlflow_run_id, "bad_images": len(result.bad_images)}
+    if floor is not None:
+        summary["knn_pixel_floor"] = {k: round(v, 4) for k, v in floor.items() if k.startswith("top1_k")}
     print(json.dumps({**summary, "seconds": round(time.perf_counter() - t0, 1)}))
+    learned = result.history[-1].get("knn/top1_best") if result.history else None
+    if floor is not None and learned is not None:
+        print(f"kNN top-1 on {cfg.data.val}: {learned:.3f} learned vs {floor['top1_best']:.3f} from raw pixels "
+              f"(k = {floor['best_k']}, same split and vote): {'above' if learned > floor['top1_best'] else 'NOT above'}"
+              " the floor")
     return 0

@@ -18,4 +18,17 @@ def run(args: argparse.Namespace) -> int:
     from hierclr.config.pretrain import list_presets, load_config
 
     cfg = resolve_config(args, list_presets, lambda: load_config(args.config, args.set or ()))
-    return 0 if cfg is None else train_and_report(cfg, args, lambda k: k in SHOWN)
+    return 0 if cfg is None else train_and_report(cfg, args, lambda k: k in SHOWN, floor=digits_floor(cfg))
+
+
+def digits_floor(cfg) -> dict | None:
+    """The raw-pixel kNN of the run's own split when it trains and evaluates on the built-in digits (the demo),
+    so that its learned kNN can be read against what pixels alone give; None for any other data."""
+    train, val = cfg.data.train, cfg.data.val
+    if not (train.startswith("builtin://digits/") and val and val.startswith("builtin://digits/")):
+        return None
+    from hierclr.data.builtin import digits_pixels
+    from hierclr.eval.pixel_floor import pixel_knn_floor
+
+    (xtr, ytr), (xte, yte) = digits_pixels(train.rsplit("/", 1)[1]), digits_pixels(val.rsplit("/", 1)[1])
+    return pixel_knn_floor(xtr, ytr, xte, yte, ks=cfg.eval.ks, num_classes=10)

@@ -207,14 +207,29 @@ def digits_hierarchy() -> LabelHierarchy:
                           level_names=("digit", "shape"))
 
 
-def _digits_plans() -> list[SplitPlan]:
+def _digits() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """All digits rendered (``(1797, 32, 32, 3)`` uint8), their labels, and the split's indices."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images, labels = render_digits(digits.images), digits.target.astype(np.int64)
+    return images, labels, _digits_split(labels)
+
+
+def digits_pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rendered images ``(N, 32, 32, 3)`` uint8 and labels of one split of ``builtin://digits``, in row order
+    (what the shards hold, without decoding them)."""
+    images, labels, splits = _digits()
+    if split not in splits:
+        raise ValueError(f"builtin digits has splits {sorted(splits)}, not {split!r}")
+    return images[splits[split]], labels[splits[split]]
+
+
+def _digits_plans() -> list[SplitPlan]:
+    images, labels, splits = _digits()
     hierarchy = digits_hierarchy()
     plans = []
-    for split, idx in _digits_split(labels).items():
+    for split, idx in splits.items():
         if len(idx) != DIGITS_ROWS[split]:  # scikit-learn changed the data set
             raise DataFormatError(f"builtin digits: {split} has {len(idx)} images, expected {DIGITS_ROWS[split]}")
         keys = [f"digit_{i:04d}" for i in idx]  # the index in load_digits()
