@@ -105,16 +105,37 @@ def validate(cls: type[T], tree: dict, source: object = None) -> T:
     try:
         return cls.model_validate(tree)
     except ValidationError as e:
-        raise ValueError(describe(e, source)) from None
+        raise ValueError(describe(e, source, cls)) from None
 
 
-def describe(e: ValidationError, source: object = None) -> str:
+def describe(e: ValidationError, source: object = None, cls: type[BaseModel] | None = None) -> str:
+    """One line per bad field, with a hint where the mistake is a common one: a misspelt key (the closest field
+    names of its section, when ``cls`` is given) or a comma list without brackets."""
     lines = [f"invalid config{f' {source}' if source else ''}:"]
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         lines.append(f"  {loc}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(
-            err["input"], dict) else ""))
+            err["input"], dict) else "") + _hint(err, cls))
     return "\n".join(lines)
+
+
+def _hint(err: dict, cls: type[BaseModel] | None) -> str:
+    value = err.get("input")
+    if err["type"] in ("tuple_type", "list_type") and isinstance(value, str) and "," in value:
+        return f"; write a list in brackets: [{value}]"
+    if err["type"] != "extra_forbidden" or cls is None:
+        return ""
+    import difflib
+
+    *section, key = (str(p) for p in err["loc"])
+    model: Any = cls
+    for name in section:  # the section's schema: follow the nested models along the path
+        field = model.model_fields.get(name) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        model = field.annotation if field is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ""
+    close = difflib.get_close_matches(key, list(model.model_fields), n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join('.'.join([*section, c]) for c in close)}?" if close else ""
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -187,7 +187,7 @@ class SweepConfig(Section):
         try:
             return self.job.config_cls.model_validate(tree)
         except ValidationError as e:
-            raise ValueError(describe(e, f"(sweep {self.name}, trial params {params})")) from None
+            raise ValueError(describe(e, f"(sweep {self.name}, trial params {params})", self.job.config_cls)) from None
 
     def validate_space(self) -> PretrainConfig:
         """Check every listed value (each grid/choice value, both ends of each range) against the config;
@@ -256,4 +256,4 @@ def load_sweep(source: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     try:
         return SweepConfig.model_validate(tree)
     except ValidationError as e:
-        raise ValueError(describe(e, path)) from None
+        raise ValueError(describe(e, path, SweepConfig)) from None
