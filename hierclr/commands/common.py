@@ -26,11 +26,19 @@ def add_run_flags(parser: argparse.ArgumentParser, default: str, set_example: st
                         help="checkpoint and exit after this epoch (resume later with --resume latest)")
 
 
-def resolve_config(args: argparse.Namespace, list_presets, load):
-    """``--list-presets`` / ``--print-config`` answered here (returns None: done); else the validated config."""
-    if args.list_presets:
-        print("\n".join(list_presets()))
-        return None
+def list_presets_if_asked(args: argparse.Namespace, preset_dir) -> bool:
+    """``--list-presets``: print the presets of ``preset_dir`` with their descriptions (no torch import); True if
+    that was the command."""
+    if not getattr(args, "list_presets", False):
+        return False
+    from hierclr.config.loader import preset_table
+
+    print(preset_table(preset_dir))
+    return True
+
+
+def resolve_config(args: argparse.Namespace, load):
+    """``--print-config`` answered here (returns None: done); else the validated config."""
     cfg = load()
     if getattr(args, "print_config", False):
         print(cfg.to_yaml(), end="")

@@ -5,7 +5,7 @@ import argparse
 import json
 import time
 
-from hierclr.commands.common import resolve_config
+from hierclr.commands.common import list_presets_if_asked, resolve_config
 
 
 def register(sub) -> None:
@@ -23,14 +23,18 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hierclr.config.evaluate import list_evaluate_presets, load_evaluate_config
+    from hierclr.config.loader import EVALUATE_PRESET_DIR
+
+    if list_presets_if_asked(args, EVALUATE_PRESET_DIR):
+        return 0
+    from hierclr.config.evaluate import load_evaluate_config
 
     overrides = list(args.set or ())
     if args.source:
         overrides.insert(0, f"source={args.source}")
     if args.protocols:
         overrides.insert(0, f"protocols=[{args.protocols}]")
-    cfg = resolve_config(args, list_evaluate_presets, lambda: load_evaluate_config(args.config, overrides))
+    cfg = resolve_config(args, lambda: load_evaluate_config(args.config, overrides))
     if cfg is None:
         return 0
     from hierclr.runtime.evaluate import run_evaluate

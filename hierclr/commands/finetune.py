@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hierclr.commands.common import add_run_flags, resolve_config, train_and_report
+from hierclr.commands.common import add_run_flags, list_presets_if_asked, resolve_config, train_and_report
 
 
 def _shown(key: str) -> bool:
@@ -24,11 +24,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hierclr.config.supervised import list_supervised_presets, load_supervised_config
+    from hierclr.config.loader import SUPERVISED_PRESET_DIR
+
+    if list_presets_if_asked(args, SUPERVISED_PRESET_DIR):
+        return 0
+    from hierclr.config.supervised import load_supervised_config
 
     overrides = list(args.set or ())
     if getattr(args, "loss", None):
         overrides.insert(0, f"loss.name={args.loss}")
-    cfg = resolve_config(args, list_supervised_presets,
-                         lambda: load_supervised_config(args.config, overrides, task=args.command))
+    cfg = resolve_config(args, lambda: load_supervised_config(args.config, overrides, task=args.command))
     return 0 if cfg is None else train_and_report(cfg, args, _shown)

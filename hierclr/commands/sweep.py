@@ -24,11 +24,13 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hierclr.config.sweep import list_sweep_presets, load_sweep
+    from hierclr.commands.common import list_presets_if_asked
+    from hierclr.config.loader import SWEEP_PRESET_DIR
 
-    if args.list_presets:
-        print("\n".join(list_sweep_presets()))
+    if list_presets_if_asked(args, SWEEP_PRESET_DIR):
         return 0
+    from hierclr.config.sweep import load_sweep
+
     sweep = load_sweep(args.space, args.set or ())
     if args.print_space:
         sweep.validate_space()

@@ -10,10 +10,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
+from hierclr.config.loader import EVALUATE_PRESET_DIR, Section, list_presets, load_tree, validate
 from hierclr.config.sections import DataSection, ResourcesSection, TrackingSection
 
-EVALUATE_PRESET_DIR = PRESET_DIR / "evaluate"
 Protocol = Literal["knn", "linear", "semi", "clustering", "hierarchy"]
 
 

@@ -15,7 +15,10 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"  # pretrain presets; the other commands' below
+SUPERVISED_PRESET_DIR = PRESET_DIR / "supervised"
+EVALUATE_PRESET_DIR = PRESET_DIR / "evaluate"
+SWEEP_PRESET_DIR = PRESET_DIR / "sweeps"
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -31,6 +34,23 @@ class Section(BaseModel):
 
 def list_presets(preset_dir: Path = PRESET_DIR) -> list[str]:
     return sorted(p.stem for p in preset_dir.glob("*.yaml"))
+
+
+def preset_table(preset_dir: Path = PRESET_DIR, width: int = 110) -> str:
+    """One line per preset: its name and the first sentence of its leading ``#`` comment (what ``--list-presets``
+    prints; reads the files only, so it answers without importing torch)."""
+    rows = []
+    for name in list_presets(preset_dir):
+        words = []
+        for line in (preset_dir / f"{name}.yaml").read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            words.append(line.lstrip("#").strip())
+        text = " ".join(w for w in words if w)
+        text = text.split(". ")[0] if len(text) > width else text  # the first sentence of a long comment
+        rows.append((name, text if len(text) <= width else text[: width - 3] + "..."))
+    pad = max((len(n) for n, _ in rows), default=0)
+    return "\n".join(f"{n:<{pad}}  {t}".rstrip() for n, t in rows)
 
 
 def read_yaml(source: str | Path, preset_dir: Path = PRESET_DIR) -> dict:

@@ -12,10 +12,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
+from hierclr.config.loader import SUPERVISED_PRESET_DIR, Section, list_presets, load_tree, validate
 from hierclr.config.sections import CheckpointSection, DataSection, OptimSection, ResourcesSection, TrackingSection
 
-SUPERVISED_PRESET_DIR = PRESET_DIR / "supervised"
 Task = Literal["finetune", "hcal"]
 LossName = Literal["ce", "supcon", "clce", "varcon"]
 

@@ -35,10 +35,10 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hierclr.config.jobs import JOBS, Command, Job
-from hierclr.config.loader import PRESET_DIR, Section, apply_override, describe, read_mapping, read_yaml
+from hierclr.config.loader import SWEEP_PRESET_DIR, Section, apply_override, describe, read_mapping, read_yaml
 from hierclr.config.pretrain import PretrainConfig
 
-SWEEP_DIR = PRESET_DIR / "sweeps"
+SWEEP_DIR = SWEEP_PRESET_DIR
 
 ALIASES = {"hierarchy.sizes": "clustering.sizes", "hierarchy.temperature": "clustering.temperature"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

@@ -26,3 +26,20 @@ def test_comma_lists_are_told_to_use_brackets():
         load_config("demo", ["clustering.sizes=500,200"])
     with pytest.raises(ValueError, match=r"did you mean optim.epochs\?"):
         load_supervised_config("digits-finetune", ["optim.epoch=2"])
+
+
+def test_list_presets_prints_names_with_their_comment_and_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from hierclr.config.loader import preset_table
+
+    (tmp_path / "b.yaml").write_text("# Second preset. More words that are not shown when too long.\nname: b\n")
+    (tmp_path / "a.yaml").write_text("# First line\n# continued.\nname: a\n")
+    (tmp_path / "c.yaml").write_text("name: c\n")
+    assert preset_table(tmp_path, width=30).splitlines() == [
+        "a  First line continued.", "b  Second preset", "c"]
+    code = ("import sys; from hierclr.cli import main; main(['pretrain', '--list-presets']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "False" and any(line.startswith("demo ") for line in out.splitlines())
