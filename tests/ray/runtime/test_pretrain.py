@@ -207,7 +207,7 @@ def test_worker_failure_without_retries_fails_the_run(ray_session, tmp_path, dig
 def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache):
     """PCL v2 (flat K-means at each granularity through the clustering service, ProtoNCE) on one worker."""
     cfg = tiny_config(tmp_path, digits_cache, "method=pcl", "pcl.num_clusters=[8,20]", "pcl.num_negatives=4",
-                      "resources.num_workers=1", "optim.epochs=2", "eval.every=0", "tracking.log_models=false")
+                      "resources.num_workers=1", "optim.epochs=2", "data.val=null", "tracking.log_models=false")
     result = run_training(cfg, echo=lambda *a: None)
     h = result.history
     assert [int(r["epoch"]) for r in h] == [0, 1]

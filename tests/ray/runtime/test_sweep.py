@@ -192,7 +192,7 @@ def test_asha_stop_ends_the_trial_itself_and_the_next_trial_runs(ray_session, tm
     sweep = load_sweep(tiny_sweep(tmp_path, digits_cache, "s3", space, metric="lr", mode="max",
                                   scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}),
                        ["set.checkpoint.every=2",  # epoch 0 (of 2) is not checkpointed...
-                        "set.eval.every=0"])  # (ASHA reads the lr: no kNN needed)
+                        "set.data.val=null"])  # (ASHA reads the lr: no kNN needed)
     result = run_sweep(sweep, echo=lambda *a: None)
     by_lr = {r.params["optim.base_lr"]: r for r in result.rows}
     assert by_lr[0.24].status == "FINISHED" and by_lr[0.24].epochs == 2
