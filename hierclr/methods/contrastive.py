@@ -32,7 +32,7 @@ from hierclr.eval.knn import knn_accuracy_from_topk, knn_topk, merge_topk
 from hierclr.eval.selection_quality import SelectionCounter, selection_metrics
 from hierclr.io.fs import resolve
 from hierclr.losses import HCSCObjective, PCLObjective
-from hierclr.methods.base import Method, Plan, Prepared
+from hierclr.methods.base import Method, Plan, Prepared, eval_due
 from hierclr.methods.contrastive_step import embed_pass, hcsc_train_step
 from hierclr.models import MoCo
 from hierclr.runtime.artifacts import log_hierarchy
@@ -200,8 +200,7 @@ class Contrastive(Method):
         return selection_metrics(sum_over_ranks(self.selection.counts))
 
     def eval_due(self, epoch: int, last: int) -> bool:
-        every = self.cfg.eval.every
-        return self.run.has_val and every > 0 and ((epoch + 1) % every == 0 or epoch == last)
+        return self.run.has_val and eval_due(self.cfg.eval.every, epoch, last)
 
     def evaluate(self, model, epoch: int) -> dict[str, float]:
         """kNN monitor (Eq. 11) on the val split with the query encoder's backbone features."""
