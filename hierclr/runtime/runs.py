@@ -15,7 +15,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hierclr.io.checkpoint import latest_checkpoint, latest_run, read_state_json
+from hierclr.io.checkpoint import (
+    check_ray_latest,
+    latest_checkpoint,
+    latest_run,
+    quarantine_broken,
+    read_state_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,8 @@ def resolve_run(cfg, root: str, resume: str | None) -> tuple[str, str | None, di
         name = latest_run(root, cfg.name)
         if name is None:
             raise ValueError(f"--resume latest: no run named {cfg.name!r} with a checkpoint under {root}")
+        check_ray_latest(Path(root, name))
+        quarantine_broken(Path(root, name))  # (this process holds the run now: nothing else is writing it)
         ckpt = latest_checkpoint(Path(root, name))
         return name, str(ckpt), read_state_json(ckpt)
     ckpt = latest_checkpoint(resume)
