@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -38,14 +40,40 @@ def resolve_config(args: argparse.Namespace, list_presets, load):
     return cfg
 
 
+def resume_command(args: argparse.Namespace, run_name: str) -> str:
+    """The command line that continues run ``run_name``: the verb's arguments as typed (``args.argv``), any
+    ``--resume`` replaced by ``--resume <run_name>``."""
+    tokens = list(getattr(args, "argv", None) or [])
+    if args.command in tokens:
+        tokens = tokens[tokens.index(args.command) + 1:]
+    kept, skip = [], False
+    for tok in tokens:
+        if skip:
+            skip = False
+        elif tok == "--resume":
+            skip = True
+        elif not tok.startswith("--resume="):
+            kept.append(tok)
+    return shlex.join(["hierclr", args.command, *kept, "--resume", run_name])
+
+
 def train_and_report(cfg, args: argparse.Namespace, keep) -> int:
     """Run ``cfg`` with the one driver; print the chosen numbers of each epoch and a JSON summary."""
     import time
 
-    from hierclr.runtime.driver import run_training
+    from hierclr.runtime.driver import RunFailedError, run_training
 
     t0 = time.perf_counter()
-    result = run_training(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    try:
+        result = run_training(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    except RunFailedError as e:
+        print(f"hierclr {args.command}: error: run {e.run_name} failed: {e.cause}", file=sys.stderr)
+        if e.checkpoint is None:
+            print(f"hierclr {args.command}: the run wrote no checkpoint; nothing to resume", file=sys.stderr)
+        else:
+            print(f"hierclr {args.command}: its last checkpoint is epoch {e.epoch}'s ({e.checkpoint}); continue the "
+                  f"run with:\n  {resume_command(args, e.run_name)}", file=sys.stderr)
+        return 1
     for row in result.history:
         print(json.dumps({k: round(v, 4) for k, v in row.items() if keep(k)}))
     summary = {"run_dir": result.run_dir, "checkpoint": result.checkpoint, "best": result.best,

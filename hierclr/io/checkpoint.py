@@ -277,7 +277,10 @@ def latest_run(storage_path: str | os.PathLike, name: str) -> str | None:
     root = _local_dir(resolve(str(storage_path)))
     if not root.is_dir():
         return None
-    pattern = re.compile(rf"^{re.escape(name)}(-\d{{8}}-\d{{6}}(-\d+)?)?$")
-    runs = [d for d in root.iterdir() if d.is_dir() and pattern.match(d.name) and checkpoints_in(d)]
-    # newest by the start time in the name (YYYYmmdd-HHMMSS sorts as text); a bare `name` counts as oldest
-    return max(runs, key=lambda d: (d.name[len(name):], d.stat().st_mtime)).name if runs else None
+    pattern = re.compile(rf"^{re.escape(name)}(?:-(\d{{8}}-\d{{6}})(?:-(\d+))?)?$")
+    runs = [(m, d) for d in root.iterdir() if d.is_dir() and (m := pattern.match(d.name)) and checkpoints_in(d)]
+    # newest by the start time in the name (YYYYmmdd-HHMMSS sorts as text), then by the number of a run started
+    # in the same second (-2, -3, ..., -10 by value); a bare `name` counts as oldest
+    newest = max(runs, key=lambda t: (t[0].group(1) or "", int(t[0].group(2) or 1), t[1].stat().st_mtime),
+                 default=None)
+    return newest[1].name if newest else None
