@@ -45,6 +45,17 @@ class RunResult:
     bad_images: list = field(default_factory=list)
 
 
+def unique_bad_images(streams: dict) -> list:
+    """The undecodable images of a run, each id once: the train and embed streams read the same source and
+    meet the same bad images (they used to be reported twice)."""
+    seen: dict = {}
+    for name in ("train", "embed"):
+        if name in streams:
+            for b in streams[name].bad_images():
+                seen.setdefault(b.id, b)
+    return [seen[i] for i in sorted(seen)]
+
+
 def run_needs(cfg) -> tuple[float, float]:
     """(CPUs, GPUs) one run holds while it trains: Train workers, the data streams' budget, the method's actors."""
     return plan_for(cfg).needs()
@@ -199,7 +210,7 @@ def _train(cfg, plan, where: ResolvedRun, root: str, stop_after_epoch, echo, lin
         plan.stop_services()
         ray.kill(clock)
     mlflow_run_id = tracker.run_id
-    bad = [b for name in ("train", "embed") if name in streams for b in streams[name].bad_images()]
+    bad = unique_bad_images(streams)
     ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
     history, best = [], None
     if ckpt_path is not None:
