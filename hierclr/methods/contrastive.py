@@ -268,8 +268,10 @@ class ContrastivePlan(Plan):
 
         cfg = self.cfg
         d = cfg.data
-        train_src = open_source(data_path(d.train, cfg), format=d.format, hierarchy=d.hierarchy)
-        val_src = open_source(data_path(d.val, cfg), format=d.format, hierarchy=d.hierarchy) if d.val else None
+        train_src = open_source(data_path(d.train, cfg), format=d.format, hierarchy=d.hierarchy,
+                                verify=d.verify_shards)
+        val_src = open_source(data_path(d.val, cfg), format=d.format, hierarchy=d.hierarchy,
+                              verify=d.verify_shards) if d.val else None
         if val_src is not None and val_src.classes and train_src.classes and val_src.classes != train_src.classes:
             raise ValueError(f"data.val ({d.val}) has classes {list(val_src.classes)[:5]}..., different from "
                              f"data.train's {list(train_src.classes)[:5]}...: kNN needs one label space")

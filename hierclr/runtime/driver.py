@@ -20,6 +20,7 @@ from hierclr.methods import plan_for
 from hierclr.runtime.runs import (
     ResolvedRun,
     TrackingLink,
+    check_data_paths,
     check_resources,
     check_resume_config,
     quiet_ray_data,
@@ -106,6 +107,7 @@ def run_training(cfg, *, resume: str | None = None, stop_after_epoch: int | None
     plan = plan_for(cfg)
     root = storage_root(cfg)
     command = "pretrain" if plan.name == "contrastive" else cfg.task
+    check_data_paths(cfg)  # before Ray, a run directory or an MLflow run: a typo costs seconds, leaves nothing
     where = resolve_run(cfg, root, resume)
     attempt = _Attempt()
     try:

@@ -68,6 +68,18 @@ def stream_config(cfg):
                         augment_on=d.augment_on, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
 
 
+def check_data_paths(cfg) -> None:
+    """``data.train`` / ``data.val`` exist (before Ray starts and before a run directory or MLflow run exists);
+    ``builtin://`` datasets are written on demand and pass."""
+    from hierclr.data.builtin import is_builtin
+    from hierclr.io.fs import resolve
+
+    for field_name in ("train", "val"):
+        uri = getattr(cfg.data, field_name, None)
+        if uri and not is_builtin(uri) and not resolve(uri).exists():
+            raise ValueError(f"data.{field_name}: {uri} does not exist")
+
+
 def start_ray(cfg) -> None:
     import ray
 
