@@ -191,6 +191,32 @@ def test_a_killed_idle_actor_is_restarted_for_the_next_epoch(ray_session, data):
     assert_same(p, expected(cfg, x_sorted, epoch=1))
 
 
+def test_a_killed_coordinator_comes_back_and_the_estep_completes(ray_session, data):
+    """Issue 18: killing the coordinator during an E-step raised ActorDiedError in every worker, and every Train
+    worker-group restart met the same dead actor. Now Ray restarts it, the submission that was waiting in it is
+    retried there, and the epoch's E-step runs from the workers' shards as if nothing happened."""
+    x_sorted, shards = data
+    svc, cfg = start(ray_session)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            ids, x = shards[0]
+            first = pool.submit(lambda: connect(svc.name).estep(3, 0, 2, torch.from_numpy(ids), torch.from_numpy(x)))
+            deadline = time.monotonic() + 60
+            while ray_session.get(svc.coordinator.pending.remote()) != {3: ([0], 2)}:  # rank 0 waits in it
+                assert time.monotonic() < deadline and not first.done(), first
+                time.sleep(0.05)
+            ray_session.kill(svc.coordinator, no_restart=False)
+            ids1, x1 = shards[1]
+            second = pool.submit(lambda: connect(svc.name).estep(3, 1, 2, torch.from_numpy(ids1),
+                                                                 torch.from_numpy(x1)))
+            (p0, s0), (p1, _) = first.result(timeout=90), second.result(timeout=90)
+    finally:
+        svc.shutdown()
+    assert s0.attempts == 1
+    assert_same(p0, expected(cfg, x_sorted, epoch=3))
+    assert_same(p1, p0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------------ (d)
 def test_missing_ids_get_minus_one(ray_session, data):
     x_sorted, _ = data
