@@ -132,7 +132,8 @@ def new_run_dir(root: str, name: str) -> tuple[str, RunLock | None]:
 def resolve_run(cfg, root: str, resume: str | None) -> ResolvedRun:
     """Name, lock and starting checkpoint of a run (see the module docstring)."""
     if resume is None:
-        return ResolvedRun(*_fresh(root, cfg.name), None, None)
+        name, lock = new_run_dir(root, cfg.name)
+        return ResolvedRun(name, True, lock)
     by_name = resume != "latest" and "/" not in resume and not _remote(root) and Path(root, resume).is_dir()
     if resume == "latest" or by_name:
         name = latest_run(root, cfg.name) if resume == "latest" else resume
@@ -150,12 +151,8 @@ def resolve_run(cfg, root: str, resume: str | None) -> ResolvedRun:
             raise
     ckpt = latest_checkpoint(resume)  # before a directory is made: a bad PATH leaves nothing behind
     state = read_state_json(ckpt)
-    return ResolvedRun(*_fresh(root, cfg.name), str(ckpt), state)
-
-
-def _fresh(root: str, name: str) -> tuple[str, bool, RunLock | None]:
-    run_name, lock = new_run_dir(root, name)
-    return run_name, True, lock
+    name, lock = new_run_dir(root, cfg.name)
+    return ResolvedRun(name, True, lock, str(ckpt), state)
 
 
 def remove_if_empty(root: str, run: ResolvedRun) -> bool:
