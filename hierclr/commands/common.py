@@ -22,8 +22,10 @@ def add_run_flags(parser: argparse.ArgumentParser, default: str, set_example: st
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override one field, e.g. {set_example}")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--list-presets", action="store_true", help="list the built-in presets and exit")
-    parser.add_argument("--resume", default=None, metavar="PATH|latest",
-                        help="continue from a checkpoint (or run) directory, or the newest run of this config name")
+    parser.add_argument("--resume", default=None, metavar="PATH|latest|RUN",
+                        help="continue the newest run of this config name (latest) or the run named RUN (its "
+                             "directory under checkpoint.storage_path), or start a new run from a checkpoint (or "
+                             "run) directory PATH")
     parser.add_argument("--stop-after-epoch", dest="stop_after_epoch", type=int, default=None,
                         help="checkpoint and exit after this epoch (resume later with --resume latest)")
 
