@@ -19,7 +19,7 @@ from ray.exceptions import (
 )
 
 from hierclr.clustering.distributed import distributed_kmeans, distributed_level0
-from hierclr.service.actors import ActorShards, ClusteringJob
+from hierclr.service.actors import ActorShards, ActorSpec, ClusteringJob, spawn_kmeans_actor
 from hierclr.service.errors import ClusteringFailedError, error_cause
 from hierclr.service.stats import EStepStats
 
@@ -47,9 +47,11 @@ class EStepCoordinator:
     the last rank's call runs it. Only one E-step runs at a time.
     """
 
-    def __init__(self, actors: list, job: ClusteringJob, max_restarts: int) -> None:
-        self._actors = actors
+    def __init__(self, actors: list, job: ClusteringJob, max_restarts: int, spec: ActorSpec | None = None) -> None:
+        self._actors = list(actors)
         self._actor_index = {a._actor_id.hex(): i for i, a in enumerate(actors)}
+        self._spec = spec  # how to replace an actor that used up its restarts (None: never)
+        self._generation = 0
         self._job = job
         self._max_restarts = max_restarts
         self._cond = threading.Condition()
@@ -160,8 +162,20 @@ class EStepCoordinator:
         raise AssertionError("unreachable")
 
     def _wait_for_actors(self) -> None:
-        """Block until every actor answers (a restarting actor queues the call; a dead one raises)."""
-        ray.get([a.ping.options(max_task_retries=-1).remote() for a in self._actors])
+        """Block until every actor answers (a restarting actor queues the call); an actor that is dead for good
+        (its restarts used up) is replaced by a new one, so that the run's later E-steps, and a restarted Train
+        worker group, do not meet it again."""
+        for i, actor in enumerate(self._actors):
+            try:
+                ray.get(actor.ping.options(max_task_retries=-1).remote())
+            except RayActorError:
+                if self._spec is None:
+                    raise
+                self._generation += 1
+                log.warning("K-means actor %d is dead for good; starting a new one in its place", i)
+                self._actors[i] = spawn_kmeans_actor(self._spec, i, self._generation)
+                self._actor_index[self._actors[i]._actor_id.hex()] = i
+                ray.get(self._actors[i].ping.remote())
 
     def _attempt(self, epoch: int, refs: list, attempt: int) -> tuple[object, EStepStats]:
         job = self._job

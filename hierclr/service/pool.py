@@ -11,7 +11,7 @@ import ray
 from hierclr.clustering.flat import validate_num_clusters
 from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
 from hierclr.runtime.ray_start import OWN_RESOURCES
-from hierclr.service.actors import ClusteringJob, ClusteringMethod, KMeansActor
+from hierclr.service.actors import ActorSpec, ClusteringJob, ClusteringMethod, spawn_kmeans_actor
 from hierclr.service.client import ClusteringClient
 from hierclr.service.coordinator import EStepCoordinator
 
@@ -79,14 +79,9 @@ class ClusteringService:
             resources = {"num_gpus": service.gpus_per_actor, "num_cpus": 0}
         else:
             resources = {"num_cpus": service.cpus_per_actor}
-        remote_actor = ray.remote(KMeansActor)
-        actors = [
-            remote_actor.options(max_restarts=service.max_restarts, name=f"{name}-kmeans-{i}", **resources,
-                                 scheduling_strategy=OWN_RESOURCES).remote(
-                i, int(service.cpus_per_actor)
-            )
-            for i in range(service.num_actors)
-        ]
+        spec = ActorSpec(name=name, resources=resources, max_restarts=service.max_restarts,
+                         num_threads=int(service.cpus_per_actor))
+        actors = [spawn_kmeans_actor(spec, i) for i in range(service.num_actors)]
         job = ClusteringJob(clustering=clustering, method=method, pcl_sizes=pcl_sizes, num_rows=int(num_rows))
         # The coordinator holds no state a restart loses for good: the workers' submissions that were in flight
         # when it died are retried by Ray on the restarted coordinator (max_task_retries), the shards are still
@@ -96,7 +91,7 @@ class ClusteringService:
             ray.remote(EStepCoordinator)
             .options(name=name, num_cpus=0, max_concurrency=max_workers + 4, max_restarts=service.max_restarts,
                      max_task_retries=-1, scheduling_strategy=OWN_RESOURCES)
-            .remote(actors, job, service.max_restarts)
+            .remote(actors, job, service.max_restarts, spec)
         )
         svc = cls(name=name, coordinator=coordinator, actors=actors)
         if ready_timeout_s is not None:

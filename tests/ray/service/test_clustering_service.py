@@ -166,17 +166,22 @@ def test_an_actor_crash_is_retried_once(ray_session, data, fault_plan):
 
 
 def test_a_second_failure_ends_the_estep_with_a_clear_error(ray_session, data, fault_plan):
+    """...and the actor, dead for good (max_restarts=1 used up), is replaced: the next epoch (as after a Train
+    worker-group restart) gets its prototypes instead of meeting the dead actor again (issue 18)."""
     _, shards = data
     svc, _ = start(ray_session, num_actors=2)
     try:
         fault_plan([{"point": "kmeans_actor", "actor": 1, "method": "load", "action": "exit", "times": 2}])
         errors = run_ranks(svc.name, 2, shards)
+        (p3, s3), _ = run_ranks(svc.name, 3, shards)
     finally:
         svc.shutdown()
     for e in errors:  # every waiting rank gets the same error
         assert isinstance(e, ClusteringFailedError), repr(e)
         assert e.epoch == 2 and e.actor == 1
         assert "epoch 2 failed twice" in str(e) and "K-means actor 1 died" in str(e)
+    assert s3.attempts == 2 and p3.epoch == 3  # the dead actor failed the first attempt; its replacement ran
+    assert p3.sizes == SIZES and (p3.assignments[:, 0] >= 0).all()
 
 
 def test_a_killed_idle_actor_is_restarted_for_the_next_epoch(ray_session, data):
