@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -20,8 +22,10 @@ def add_run_flags(parser: argparse.ArgumentParser, default: str, set_example: st
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override one field, e.g. {set_example}")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--list-presets", action="store_true", help="list the built-in presets and exit")
-    parser.add_argument("--resume", default=None, metavar="PATH|latest",
-                        help="continue from a checkpoint (or run) directory, or the newest run of this config name")
+    parser.add_argument("--resume", default=None, metavar="PATH|latest|RUN",
+                        help="continue the newest run of this config name (latest) or the run named RUN (its "
+                             "directory under checkpoint.storage_path), or start a new run from a checkpoint (or "
+                             "run) directory PATH")
     parser.add_argument("--stop-after-epoch", dest="stop_after_epoch", type=int, default=None,
                         help="checkpoint and exit after this epoch (resume later with --resume latest)")
 
@@ -46,15 +50,41 @@ def resolve_config(args: argparse.Namespace, load):
     return cfg
 
 
+def resume_command(args: argparse.Namespace, run_name: str) -> str:
+    """The command line that continues run ``run_name``: the verb's arguments as typed (``args.argv``), any
+    ``--resume`` replaced by ``--resume <run_name>``."""
+    tokens = list(getattr(args, "argv", None) or [])
+    if args.command in tokens:
+        tokens = tokens[tokens.index(args.command) + 1:]
+    kept, skip = [], False
+    for tok in tokens:
+        if skip:
+            skip = False
+        elif tok == "--resume":
+            skip = True
+        elif not tok.startswith("--resume="):
+            kept.append(tok)
+    return shlex.join(["hierclr", args.command, *kept, "--resume", run_name])
+
+
 def train_and_report(cfg, args: argparse.Namespace, keep, floor: dict | None = None) -> int:
     """Run ``cfg`` with the one driver; print the chosen numbers of each epoch and a JSON summary, and next to the
     last kNN top-1 the raw-pixel ``floor`` of the same split when one is given (:mod:`hierclr.eval.pixel_floor`)."""
     import time
 
-    from hierclr.runtime.driver import run_training
+    from hierclr.runtime.driver import RunFailedError, run_training
 
     t0 = time.perf_counter()
-    result = run_training(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    try:
+        result = run_training(cfg, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    except RunFailedError as e:
+        print(f"hierclr {args.command}: error: run {e.run_name} failed: {e.cause}", file=sys.stderr)
+        if e.checkpoint is None:
+            print(f"hierclr {args.command}: the run wrote no checkpoint; nothing to resume", file=sys.stderr)
+        else:
+            print(f"hierclr {args.command}: its last checkpoint is epoch {e.epoch}'s ({e.checkpoint}); continue the "
+                  f"run with:\n  {resume_command(args, e.run_name)}", file=sys.stderr)
+        return 1
     for row in result.history:
         print(json.dumps({k: round(v, 4) for k, v in row.items() if keep(k)}))
     summary = {"run_dir": result.run_dir, "checkpoint": result.checkpoint, "best": result.best,

@@ -67,7 +67,7 @@ class PCLSection(Section):
 
 
 class EvalSection(Section):
-    every: int = Field(1, ge=0, description="kNN on the val split every N epochs (0: never); always at the end")
+    every: int = Field(1, ge=0, description="kNN on the val split every N epochs (0: only at the end); always at the end")
     ks: tuple[int, ...] = (10, 20, 100, 200)
     temperature: float = Field(0.07, gt=0)
     ami: bool = Field(True, description="AMI of the prototype assignments against every label level, per E-step "

@@ -26,6 +26,8 @@ class DataSection(Section):
     decode_batch_size: int = Field(64, ge=1, description="rows decoded and augmented together in one Ray Data task")
     num_cpus: int = Field(1, ge=1, description="CPU budget of each Ray Data stream")
     max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0)
+    verify_shards: bool = Field(False, description="check every parquet shard's sha256 against its manifest when "
+                                                   "the run starts (reads every byte once); a mismatch names the shard")
     builtin_cache: str = Field("~/.cache/hierclr/builtin", description="where builtin:// datasets are written once")
 
     def transform_config(self) -> TransformConfig:

@@ -7,6 +7,7 @@ counts once however many epochs meet it.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 
@@ -40,8 +41,16 @@ class BadImageBudget:
             shown = "; ".join(f"id {b.id} in {b.shard}: {b.reason}" for b in list(self._bad.values())[:5])
             raise TooManyBadImagesError(
                 f"{len(self._bad)} undecodable images in {self.name} exceed max_bad_fraction="
-                f"{self.max_bad_fraction} of {self.num_rows} rows (limit {self.limit}); first: {shown}")
+                f"{self.max_bad_fraction} of {self.num_rows} rows (limit {self.limit}); by shard: "
+                f"{self.by_shard()}; first: {shown}")
         return len(self._bad)
+
+    def by_shard(self, shown: int = 5) -> str:
+        """``<shard> (<n> images), ...``, most first: a damaged shard (e.g. a same-size corrupt copy, where every
+        image fails) stands out by name."""
+        counts = Counter(b.shard for b in self._bad.values()).most_common()
+        text = ", ".join(f"{shard} ({n} image{'s' if n > 1 else ''})" for shard, n in counts[:shown])
+        return text + (f" and {len(counts) - shown} more shards" if len(counts) > shown else "")
 
     def report(self) -> list[BadImage]:
         return sorted(self._bad.values(), key=lambda b: b.id)

@@ -3,6 +3,7 @@ model loader, export): absolute local store URIs, bounded HTTP retries, a scoped
 No Ray; MLflow imported where used."""
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -76,3 +77,27 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
         if previous_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a local sqlite store: hold an exclusive ``flock`` on ``<database>.lock`` inside the block; other URIs:
+    nothing. MLflow creates and migrates a sqlite database's tables on the first connection, and a run creates its
+    experiment when it is missing; two processes doing either at once failed (issue 18: ``table trace_info
+    already exists``, ``Online migration expected to match one row``, and then MLflow off for the whole run), so
+    the tracker connects and creates experiments under this lock. Held for a second or two at a run's start."""
+    if not uri.startswith(SQLITE):
+        yield
+        return
+    path = uri[len(SQLITE):].partition("?")[0]
+    if path in ("", ":memory:"):
+        yield
+        return
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -28,6 +28,12 @@ from hierclr.io.checkpoint import TrainingState
 from hierclr.runtime.context import RunContext, WorkerEnv
 
 
+def eval_due(every: int, epoch: int, last: int) -> bool:
+    """Evaluate after ``epoch``? Every ``every`` epochs (0: never on the way) and always after the run's last epoch
+    ``last`` (the config's last, or ``--stop-after-epoch``)."""
+    return (every > 0 and (epoch + 1) % every == 0) or epoch == last
+
+
 class Method:
     """Worker-side hooks. Subclasses set ``ddp_kwargs`` and implement :meth:`build`, :meth:`param_groups`,
     :meth:`set_lr`, :meth:`step`, :meth:`evaluate`, :meth:`best_record` and :meth:`save_best`."""
@@ -76,8 +82,7 @@ class Method:
         return {}
 
     def eval_due(self, epoch: int, last: int) -> bool:
-        every = self.cfg.eval.every
-        return bool(every and (epoch + 1) % every == 0) or epoch == last
+        return eval_due(self.cfg.eval.every, epoch, last)
 
     def evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         raise NotImplementedError

@@ -36,7 +36,7 @@ from hierclr.eval.knn import knn_accuracy_from_topk, knn_topk, merge_topk
 from hierclr.eval.selection_quality import SelectionCounter, selection_metrics
 from hierclr.io.fs import resolve
 from hierclr.losses import HCSCObjective, PCLObjective
-from hierclr.methods.base import Method, Plan, Prepared
+from hierclr.methods.base import Method, Plan, Prepared, eval_due
 from hierclr.methods.contrastive_step import embed_pass, hcsc_train_step
 from hierclr.methods.key_bank import KeyBank
 from hierclr.models import MoCo
@@ -234,8 +234,7 @@ class Contrastive(Method):
         return selection_metrics(sum_over_ranks(self.selection.counts))
 
     def eval_due(self, epoch: int, last: int) -> bool:
-        every = self.cfg.eval.every
-        return self.run.has_val and every > 0 and ((epoch + 1) % every == 0 or epoch == last)
+        return self.run.has_val and eval_due(self.cfg.eval.every, epoch, last)
 
     def evaluate(self, model, epoch: int) -> dict[str, float]:
         """kNN monitor (Eq. 11) on the val split with the query encoder's backbone features."""
@@ -303,8 +302,10 @@ class ContrastivePlan(Plan):
 
         cfg = self.cfg
         d = cfg.data
-        train_src = open_source(data_path(d.train, cfg), format=d.format, hierarchy=d.hierarchy)
-        val_src = open_source(data_path(d.val, cfg), format=d.format, hierarchy=d.hierarchy) if d.val else None
+        train_src = open_source(data_path(d.train, cfg), format=d.format, hierarchy=d.hierarchy,
+                                verify=d.verify_shards)
+        val_src = open_source(data_path(d.val, cfg), format=d.format, hierarchy=d.hierarchy,
+                              verify=d.verify_shards) if d.val else None
         if val_src is not None and val_src.classes and train_src.classes and val_src.classes != train_src.classes:
             raise ValueError(f"data.val ({d.val}) has classes {list(val_src.classes)[:5]}..., different from "
                              f"data.train's {list(train_src.classes)[:5]}...: kNN needs one label space")

@@ -262,8 +262,10 @@ class SupervisedPlan(Plan):
 
         cfg = self.cfg
         d = cfg.data
-        train_src = open_source(data_path(d.train, cfg), format=d.format, hierarchy=d.hierarchy)
-        val_src = open_source(data_path(d.val, cfg), format=d.format, hierarchy=d.hierarchy)
+        train_src = open_source(data_path(d.train, cfg), format=d.format, hierarchy=d.hierarchy,
+                                verify=d.verify_shards)
+        val_src = open_source(data_path(d.val, cfg), format=d.format, hierarchy=d.hierarchy,
+                              verify=d.verify_shards)
         level_map = self._label_space(train_src, val_src)
         keep_ids = self._subset_ids(train_src) if cfg.subset.active else None
         num_train = train_src.num_rows if keep_ids is None else len(keep_ids)

@@ -85,13 +85,13 @@ def read_weights(source: str | Path, *, tracking_uri: str | None = None) -> dict
 
     if is_mlflow_source(source):
         return read_mlflow_weights(str(source), tracking_uri=tracking_uri)[0]
-    from hierclr.io.checkpoint import latest_checkpoint
+    from hierclr.io.checkpoint import latest_checkpoint, read_checkpoint_file
 
     text = str(source)
     loc = resolve(text)
     if loc.is_dir():
-        ckpt = latest_checkpoint(text)
-        return _flatten(_torch_load(Path(ckpt, "model.pt").read_bytes(), f"{ckpt}/model.pt"))
+        ckpt = latest_checkpoint(text)  # the newest checkpoint whose files match its state.json
+        return _flatten(_torch_load(read_checkpoint_file(ckpt, "model.pt"), f"{ckpt}/model.pt"))
     if not loc.exists():
         raise FileNotFoundError(f"model.init: {text} does not exist")
     return _flatten(_torch_load(loc.read_bytes(), text))

@@ -15,13 +15,16 @@ import uuid
 from dataclasses import dataclass, field
 
 from hierclr.config.loader import flatten
-from hierclr.io.checkpoint import load_checkpoint
+from hierclr.io.checkpoint import checkpoints_in, load_checkpoint
 from hierclr.methods import plan_for
 from hierclr.runtime.runs import (
+    ResolvedRun,
     TrackingLink,
+    check_data_paths,
     check_resources,
     check_resume_config,
     quiet_ray_data,
+    remove_if_empty,
     resolve_run,
     start_ray,
     storage_root,
@@ -43,14 +46,105 @@ class RunResult:
     bad_images: list = field(default_factory=list)
 
 
+def unique_bad_images(streams: dict) -> list:
+    """The undecodable images of a run, each id once: the train and embed streams read the same source and
+    meet the same bad images (they used to be reported twice)."""
+    seen: dict = {}
+    for name in ("train", "embed"):
+        if name in streams:
+            for b in streams[name].bad_images():
+                seen.setdefault(b.id, b)
+    return [seen[i] for i in sorted(seen)]
+
+
 def run_needs(cfg) -> tuple[float, float]:
     """(CPUs, GPUs) one run holds while it trains: Train workers, the data streams' budget, the method's actors."""
     return plan_for(cfg).needs()
 
 
+class RunFailedError(RuntimeError):
+    """A training run ended with an error. The message names the cause and, when the run has an intact checkpoint,
+    the run to resume (``--resume <run_name>``); the fields carry the same for callers (the CLI prints the whole
+    command)."""
+
+    def __init__(self, command: str, cause: str, run_name: str, run_dir: str, checkpoint: str | None,
+                 epoch: int | None) -> None:
+        self.command, self.cause, self.run_name, self.run_dir = command, cause, run_name, run_dir
+        self.checkpoint, self.epoch = checkpoint, epoch
+        where = (f"its last checkpoint is epoch {epoch}'s ({checkpoint}): continue the run with "
+                 f"`hierclr {command} <the same --config/--set> --resume {run_name}`" if checkpoint is not None
+                 else "it wrote no checkpoint: nothing to resume, start it again")
+        super().__init__(f"run {run_name} failed: {cause}\n{where}")
+
+    def __reduce__(self):  # survives Ray's pickling (a sweep trial)
+        return (self.__class__, (self.command, self.cause, self.run_name, self.run_dir, self.checkpoint, self.epoch))
+
+
+def failure_cause(err: BaseException, limit: int = 1500) -> str:
+    """``Type: message`` of what actually failed: the first failing worker's own exception inside Ray Train's
+    ``WorkerGroupError`` (lowest rank), the controller's inside ``ControllerError``, the original error inside a
+    ``RayTaskError``; the message cut at ``limit`` characters."""
+    failures = getattr(err, "worker_failures", None)
+    if failures:
+        err = failures[min(failures)]
+    err = getattr(err, "controller_failure", None) or err
+    err = getattr(err, "cause", None) or err  # RayTaskError / RayActorError: the user's exception
+    text = str(err).strip()
+    if "Traceback (most recent call last)" in text:  # a remote traceback in the message: keep its last line
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        text = lines[-1].strip() if lines else text
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def run_training(cfg, *, resume: str | None = None, stop_after_epoch: int | None = None, echo=print,
                  link: TrackingLink | None = None) -> RunResult:
-    """Run (or resume) one training run of any method; returns where it went and its per-epoch history."""
+    """Run (or resume) one training run of any method; returns where it went and its per-epoch history.
+
+    Before Ray starts: the run directory is created (or, on resume, found) and locked, which also proves the
+    storage writable. A run that fails raises :class:`RunFailedError` (its MLflow run FAILED with the cause in
+    the tag ``hierclr.error``); a fresh run that failed before its first checkpoint leaves no directory behind."""
+    plan = plan_for(cfg)
+    root = storage_root(cfg)
+    command = "pretrain" if plan.name == "contrastive" else cfg.task
+    check_data_paths(cfg)  # before Ray, a run directory or an MLflow run: a typo costs seconds, leaves nothing
+    where = resolve_run(cfg, root, resume)
+    attempt = _Attempt()
+    try:
+        return _train(cfg, plan, where, root, stop_after_epoch, echo, link, command, attempt)
+    except BaseException as err:
+        tracker = attempt.tracker
+        if not isinstance(err, Exception):  # Ctrl-C, SystemExit: the run was stopped, not failed
+            if tracker is not None:
+                tracker.finish("KILLED")
+            raise
+        if isinstance(err, ValueError) and tracker is None:
+            raise  # a bad config or input found before any MLflow run: one clear line from the CLI
+        cause = failure_cause(err)
+        if tracker is not None:
+            tracker.set_tags({"hierclr.error": cause})
+            tracker.finish("FAILED")
+        run_dir = f"{root}/{where.name}"
+        found = [] if root.startswith(("s3://", "gs://")) else checkpoints_in(run_dir)
+        raise RunFailedError(command, cause, where.name, run_dir, str(found[-1][1]) if found else None,
+                             found[-1][0] if found else None) from err
+    finally:
+        if not attempt.done:
+            remove_if_empty(root, where)
+        if where.lock is not None:
+            where.lock.release()
+
+
+@dataclass
+class _Attempt:
+    """What the failure handling of :func:`run_training` needs from a run that got part of the way."""
+
+    tracker: object | None = None  # the MLflow run's tracker, once it exists
+    done: bool = False
+
+
+def _train(cfg, plan, where: ResolvedRun, root: str, stop_after_epoch, echo, link, command: str,
+           attempt: _Attempt) -> RunResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -61,13 +155,11 @@ def run_training(cfg, *, resume: str | None = None, stop_after_epoch: int | None
     from hierclr.runtime.tracking import Tracker, resolved_uri
     from hierclr.runtime.worker import train_loop_per_worker
 
-    plan = plan_for(cfg)
-    start_ray(cfg)
-    root = storage_root(cfg)
-    run_name, resume_ckpt, resume_state = resolve_run(cfg, root, resume)
+    run_name, resume_ckpt, resume_state = where.name, where.checkpoint, where.state
+    run_dir = f"{root}/{run_name}"
     if resume_ckpt:
         check_resume_config(cfg, resume_ckpt, plan.resume_sections)
-    run_dir = f"{root}/{run_name}"
+    start_ray(cfg)
     start_epoch = int(resume_state["epoch"]) + 1 if resume_state else 0
 
     # ---- data, checks
@@ -83,8 +175,6 @@ def run_training(cfg, *, resume: str | None = None, stop_after_epoch: int | None
     streams["train"].use_epoch_clock(clock_name)
     # Unit (read-block) order is reseeded by Ray per execution; continue its count where the run stopped.
     streams["train"].dataset.context._execution_idx = start_epoch
-    status = "FAILED"
-    tracker = None
     try:
         service_fields = plan.start_services(token, prepared)
         tracking = cfg.tracking.model_copy(update={"uri": resolved_uri(cfg.tracking)})
@@ -94,7 +184,7 @@ def run_training(cfg, *, resume: str | None = None, stop_after_epoch: int | None
             tags["mlflow.parentRunId"] = link.parent_run_id  # what the MLflow UI nests runs by
         tracker = Tracker.start(tracking, run_name=link.run_name or run_name, params=flatten(cfg), tags=tags,
                                 run_id=(resume_state or {}).get("mlflow_run_id"), run_key=link.run_key)
-        command = "pretrain" if plan.name == "contrastive" else cfg.task
+        attempt.tracker = tracker  # run_training records a failure in it
         echo(f"hierclr {command}: run {run_name} ({prepared.header}); storage {run_dir}; "
              f"MLflow {'run ' + tracker.run_id + ' at ' + tracking.uri if tracker.enabled else 'off'}")
 
@@ -118,14 +208,11 @@ def run_training(cfg, *, resume: str | None = None, stop_after_epoch: int | None
                                  callbacks=tune_callbacks()),
         )
         result = trainer.fit()
-        status = "FINISHED"
     finally:
-        if status == "FAILED" and tracker is not None:
-            tracker.finish("FAILED")
         plan.stop_services()
         ray.kill(clock)
     mlflow_run_id = tracker.run_id
-    bad = [b for name in ("train", "embed") if name in streams for b in streams[name].bad_images()]
+    bad = unique_bad_images(streams)
     ckpt_path = result.checkpoint.path if result.checkpoint is not None else None
     history, best = [], None
     if ckpt_path is not None:
@@ -135,6 +222,7 @@ def run_training(cfg, *, resume: str | None = None, stop_after_epoch: int | None
             if tracker.enabled:
                 plan.final_artifacts(tracker, state, run_dir, prepared, bad)
     tracker.finish("FINISHED")
+    attempt.done = True
     if bad:
         echo(f"hierclr {command}: skipped {len(bad)} undecodable image(s), e.g. {bad[0]}")
     return RunResult(run_dir=run_dir, checkpoint=ckpt_path, history=history, best=best, mlflow_run_id=mlflow_run_id,

@@ -224,8 +224,10 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     out = Path(os.path.expanduser(cfg.output_dir)).resolve() / f"{cfg.name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
 
-    train_src = open_source(data_path(cfg.data.train, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
-    val_src = open_source(data_path(cfg.data.val, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy)
+    train_src = open_source(data_path(cfg.data.train, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy,
+                            verify=cfg.data.verify_shards)
+    val_src = open_source(data_path(cfg.data.val, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy,
+                          verify=cfg.data.verify_shards)
     if not train_src.classes or (val_src.classes and val_src.classes != train_src.classes):
         raise ValueError(f"data.train ({cfg.data.train}) and data.val ({cfg.data.val}) need the same class labels")
     level_map = train_src.level_map()

@@ -1,21 +1,31 @@
 """What every training driver (pretrain, finetune, hcal) does the same way on the Ray driver: start or join Ray,
 place the run directory, resume, check that the cluster can hold the run, join a sweep's MLflow tree.
 
-Run directories: ``<checkpoint.storage_path>/<name>-<YYYYmmdd-HHMMSS>`` per invocation. ``resume="latest"``
-reuses the newest run directory of the same ``name`` (Ray Train restores its latest checkpoint and the
-same MLflow run continues); ``resume=PATH`` starts a new run directory from a checkpoint (or the newest
-checkpoint of a run directory) and also continues the MLflow run recorded in it.
+Run directories: ``<checkpoint.storage_path>/<name>-<YYYYmmdd-HHMMSS>`` per invocation, ``-2``, ``-3``, ... added
+when that directory exists already (two runs started in the same second); a local directory is created at once
+(``mkdir`` is atomic: two starts never share one). ``resume="latest"`` reuses the newest run directory of the
+same ``name``, ``resume=<run directory name>`` (e.g. ``demo-20261204-193450-2``) that one (Ray Train restores its
+latest checkpoint and the same MLflow run continues); ``resume=PATH`` starts a new run directory from a
+checkpoint (or the newest checkpoint of a run directory) and also continues the MLflow run recorded in it.
+A local run directory is locked (:class:`~hierclr.io.run_lock.RunLock`) from here to the end of the run, before
+its checkpoints are read, so a second process is refused instead of training the same epochs again.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hierclr.io.checkpoint import latest_checkpoint, latest_run, read_state_json
+from hierclr.io.checkpoint import (
+    check_ray_latest,
+    latest_checkpoint,
+    latest_run,
+    quarantine_broken,
+    read_state_json,
+)
+from hierclr.io.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +68,18 @@ def stream_config(cfg):
                         augment_on=d.augment_on, seed=cfg.seed, max_bad_fraction=d.max_bad_fraction)
 
 
+def check_data_paths(cfg) -> None:
+    """``data.train`` / ``data.val`` exist (before Ray starts and before a run directory or MLflow run exists);
+    ``builtin://`` datasets are written on demand and pass."""
+    from hierclr.data.builtin import is_builtin
+    from hierclr.io.fs import resolve
+
+    for field_name in ("train", "val"):
+        uri = getattr(cfg.data, field_name, None)
+        if uri and not is_builtin(uri) and not resolve(uri).exists():
+            raise ValueError(f"data.{field_name}: {uri} does not exist")
+
+
 def start_ray(cfg) -> None:
     import ray
 
@@ -71,22 +93,80 @@ def start_ray(cfg) -> None:
         ensure_ray(cfg.resources.local_num_cpus)
 
 
-def resolve_run(cfg, root: str, resume: str | None) -> tuple[str, str | None, dict | None]:
-    """(run name, checkpoint to load when Ray has none, that checkpoint's state.json)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+@dataclass
+class ResolvedRun:
+    """Where a run goes: its name, the checkpoint to load when Ray has none and its state.json, whether this
+    invocation created the directory, and the run's lock (None for a remote storage path)."""
+
+    name: str
+    fresh: bool
+    lock: RunLock | None
+    checkpoint: str | None = None
+    state: dict | None = None
+
+
+def _remote(root: str) -> bool:
+    return root.startswith(("s3://", "gs://"))
+
+
+def new_run_dir(root: str, name: str) -> tuple[str, RunLock | None]:
+    """Create ``<root>/<name>-<time>`` (``-2``, ``-3``, ... when taken) and lock it; remote roots: the name only."""
+    base = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if _remote(root):
+        return base, None
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            candidate = base if n == 1 else f"{base}-{n}"
+            try:
+                os.mkdir(Path(root, candidate))
+            except FileExistsError:
+                continue
+            return candidate, RunLock.acquire(Path(root, candidate))
+    except OSError as e:  # read-only, full, not a directory: said before Ray or MLflow start
+        raise ValueError(f"checkpoint.storage_path {root} is not writable: {e.strerror or e} "
+                         f"({e.filename or root}); no run was started") from None
+    raise RuntimeError(f"no free run directory name {base}-<n> under {root}")
+
+
+def resolve_run(cfg, root: str, resume: str | None) -> ResolvedRun:
+    """Name, lock and starting checkpoint of a run (see the module docstring)."""
     if resume is None:
-        name = f"{cfg.name}-{stamp}"
-        if Path(root, name).exists():
-            name = f"{name}-{uuid.uuid4().hex[:4]}"
-        return name, None, None
-    if resume == "latest":
-        name = latest_run(root, cfg.name)
+        name, lock = new_run_dir(root, cfg.name)
+        return ResolvedRun(name, True, lock)
+    by_name = resume != "latest" and "/" not in resume and not _remote(root) and Path(root, resume).is_dir()
+    if resume == "latest" or by_name:
+        name = latest_run(root, cfg.name) if resume == "latest" else resume
         if name is None:
             raise ValueError(f"--resume latest: no run named {cfg.name!r} with a checkpoint under {root}")
-        ckpt = latest_checkpoint(Path(root, name))
-        return name, str(ckpt), read_state_json(ckpt)
-    ckpt = latest_checkpoint(resume)
-    return f"{cfg.name}-{stamp}", str(ckpt), read_state_json(ckpt)
+        run_dir = Path(root, name)
+        lock = RunLock.acquire(run_dir)
+        try:
+            check_ray_latest(run_dir)
+            quarantine_broken(run_dir)  # this process holds the run now: nothing else is writing it
+            ckpt = latest_checkpoint(run_dir)
+            return ResolvedRun(name, False, lock, str(ckpt), read_state_json(ckpt))
+        except BaseException:
+            lock.release()
+            raise
+    ckpt = latest_checkpoint(resume)  # before a directory is made: a bad PATH leaves nothing behind
+    state = read_state_json(ckpt)
+    name, lock = new_run_dir(root, cfg.name)
+    return ResolvedRun(name, True, lock, str(ckpt), state)
+
+
+def remove_if_empty(root: str, run: ResolvedRun) -> bool:
+    """After a failed fresh run: remove its directory when it holds no checkpoint (nothing to resume from), so
+    no empty run folder is left; returns whether it did."""
+    import shutil
+
+    if not run.fresh or _remote(root):
+        return False
+    run_dir = Path(root, run.name)
+    if not run_dir.is_dir() or any(d.is_dir() and d.name.startswith("checkpoint_") for d in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def check_resume_config(cfg, ckpt: str, sections: tuple[str, ...]) -> None:

@@ -40,7 +40,15 @@ from pydantic import BaseModel
 
 from hierclr.config.loader import flatten
 from hierclr.config.sections import TrackingSection
-from hierclr.io.mlflow_store import PROBE_HTTP, RUN_HTTP, SQLITE, global_tracking_uri, http_settings, resolved_uri
+from hierclr.io.mlflow_store import (
+    PROBE_HTTP,
+    RUN_HTTP,
+    SQLITE,
+    global_tracking_uri,
+    http_settings,
+    resolved_uri,
+    store_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +88,8 @@ def _connect(cfg: TrackingSection) -> tuple[str, MlflowClient, Any] | None:
     with a short timeout and no retries; None (and one warning) when the store cannot be reached."""
     uri = resolved_uri(cfg)
     try:
-        with http_settings(PROBE_HTTP, override=True):  # an unreachable server fails in seconds
+        # an unreachable server fails in seconds; a new local store is created by one process at a time
+        with http_settings(PROBE_HTTP, override=True), store_lock(uri):
             client = MlflowClient(tracking_uri=uri)
             experiment = client.get_experiment_by_name(cfg.experiment)
     except Exception as err:  # noqa: BLE001 - any store failure means no tracking, never a failed training
@@ -199,7 +208,10 @@ class Tracker:
                 run = cls._reopen(client, run_id) if run_id is not None else None
                 reopened = run is not None
                 if not reopened:
-                    experiment_id = cls._experiment_id_for(client, uri, cfg.experiment, experiment)
+                    with store_lock(uri):  # two runs at once must not both create the experiment
+                        if experiment is None:
+                            experiment = client.get_experiment_by_name(cfg.experiment)
+                        experiment_id = cls._experiment_id_for(client, uri, cfg.experiment, experiment)
                     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
             tracker = cls(client, run.info.run_id, uri, run.info.experiment_id)
         except Exception as err:  # noqa: BLE001

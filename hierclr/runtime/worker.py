@@ -29,6 +29,7 @@ from hierclr.data.transforms import MultiViewAugment
 from hierclr.io.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hierclr.runtime.artifacts import log_curves
 from hierclr.runtime.context import RunContext, WorkerEnv
+from hierclr.runtime.divergence import CHECK_EVERY, DivergenceGuard
 from hierclr.runtime.faults import trigger
 from hierclr.runtime.metrics import MetricAverager, gather_objects
 
@@ -115,6 +116,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             dist.barrier()
         gen = step_generator(cfg.seed, epoch, rank, device)
         avg = MetricAverager()
+        guard = DivergenceGuard(epoch, row["lr"])  # a non-finite loss / weight ends the run (no sync per step)
         model.train()
         method.train_mode(core)
         t_train = time.perf_counter()
@@ -124,9 +126,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                  epoch=epoch, num_views=num_views)
             if env.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            avg.add(method.step(model, optimizer, batch, views, gen, epoch))
+            metrics = method.step(model, optimizer, batch, views, gen, epoch)
             steps += 1
+            avg.add(metrics)
+            guard.add(steps, metrics)
             trigger("train_step", epoch=epoch, rank=rank, step=steps)  # tests' fault plan (hierclr.runtime.faults)
+            if steps % CHECK_EVERY == 0:
+                guard.check(steps)
+        guard.check(steps, core)  # before anything of this epoch is evaluated, saved or reported
         train_seconds = time.perf_counter() - t_train
         row.update(avg.mean())
         row.update(method.after_train())

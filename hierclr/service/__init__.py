@@ -25,10 +25,12 @@ every level (``stats.num_missing`` counts them). ``Prototypes`` accepts that, bu
 prototypes by assignment, so a batch must not contain such ids (the trainer masks them).
 
 Fault tolerance: K-means actors restart up to ``service.max_restarts`` times. When one dies during an
-E-step the coordinator retries the whole E-step once (the shard refs are still owned by the workers,
-so they are simply re-sent); a second failure raises :class:`ClusteringFailedError` in every waiting
-worker. A new submission round for an epoch (the Train worker group restarted) discards any unfinished
-round.
+E-step (or Ray's OOM killer or a crash ends it) the coordinator retries the whole E-step once (the shard refs
+are still owned by the workers, so they are simply re-sent), first replacing an actor whose restarts are used
+up; a second failure, or an error inside K-means, raises :class:`ClusteringFailedError` (epoch, cause) in every
+waiting worker. The coordinator itself restarts when it dies; the submissions waiting in it are retried by Ray
+on the new one (``max_task_retries``), so the epoch's E-step re-runs. A new submission round for an epoch (the
+Train worker group restarted) discards any unfinished round.
 
 Modules: :mod:`~hierclr.service.pool` (the driver's :class:`ClusteringService`), :mod:`~hierclr.service.client`
 (the workers' :func:`connect`), :mod:`~hierclr.service.coordinator`, :mod:`~hierclr.service.actors` (the

@@ -34,6 +34,26 @@ class ClusteringJob:
     num_rows: int
 
 
+@dataclass(frozen=True)
+class ActorSpec:
+    """How the pool's K-means actors are made, so that the coordinator can make a new one in place of an actor
+    that used up its restarts: name prefix, Ray resources, restarts, torch threads."""
+
+    name: str
+    resources: dict
+    max_restarts: int
+    num_threads: int
+
+
+def spawn_kmeans_actor(spec: ActorSpec, index: int, generation: int = 0):
+    """K-means actor ``index`` of the pool (``generation`` > 0: a replacement, named apart from the dead one)."""
+    from hierclr.runtime.ray_start import OWN_RESOURCES
+
+    name = f"{spec.name}-kmeans-{index}" + (f"-r{generation}" if generation else "")
+    return ray.remote(KMeansActor).options(max_restarts=spec.max_restarts, name=name, **spec.resources,
+                                           scheduling_strategy=OWN_RESOURCES).remote(index, spec.num_threads)
+
+
 class KMeansActor:
     """One member of the pool: holds a subset of the epoch's feature shards (on its GPU when it has one).
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 from torch import Tensor
 
 from hierclr.clustering.prototypes import Prototypes
-from hierclr.service.errors import ClusteringFailedError
+from hierclr.service.errors import ClusteringFailedError, error_cause
 from hierclr.service.stats import EStepStats
 
 
@@ -46,10 +46,14 @@ class ClusteringClient:
         except RayTaskError as e:
             if isinstance(e.cause, (ClusteringFailedError, ValueError)):
                 raise e.cause from e
-            raise
+            raise ClusteringFailedError(f"E-step of epoch {epoch}: the clustering coordinator failed: "
+                                        f"{error_cause(e)}", epoch) from e
         except GetTimeoutError as e:
             raise TimeoutError(f"estep: epoch {epoch} rank {rank}/{world_size} got no prototypes within "
                                f"{timeout_s} s (is every rank calling estep?)") from e
+        except RayError as e:  # the coordinator died for good, or its result was lost (OOM, node)
+            raise ClusteringFailedError(f"E-step of epoch {epoch}: the clustering service was lost: {error_cause(e)}",
+                                        epoch) from e
         return (protos.to(device) if device is not None else protos), stats
 
 

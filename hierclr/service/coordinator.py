@@ -9,11 +9,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    OutOfMemoryError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
 
 from hierclr.clustering.distributed import distributed_kmeans, distributed_level0
-from hierclr.service.actors import ActorShards, ClusteringJob
-from hierclr.service.errors import ClusteringFailedError
+from hierclr.service.actors import ActorShards, ActorSpec, ClusteringJob, spawn_kmeans_actor
+from hierclr.service.errors import ClusteringFailedError, error_cause
 from hierclr.service.stats import EStepStats
 
 log = logging.getLogger(__name__)
@@ -40,9 +47,11 @@ class EStepCoordinator:
     the last rank's call runs it. Only one E-step runs at a time.
     """
 
-    def __init__(self, actors: list, job: ClusteringJob, max_restarts: int) -> None:
-        self._actors = actors
+    def __init__(self, actors: list, job: ClusteringJob, max_restarts: int, spec: ActorSpec | None = None) -> None:
+        self._actors = list(actors)
         self._actor_index = {a._actor_id.hex(): i for i, a in enumerate(actors)}
+        self._spec = spec  # how to replace an actor that used up its restarts (None: never)
+        self._generation = 0
         self._job = job
         self._max_restarts = max_restarts
         self._cond = threading.Condition()
@@ -122,7 +131,8 @@ class EStepCoordinator:
 
     # -- the E-step
     def _estep(self, epoch: int, refs: list, submitted_at: float) -> tuple[list, EStepStats]:
-        """Run the E-step; one actor failure is retried, a second ends it with ClusteringFailedError."""
+        """Run the E-step; one actor failure is retried, a second ends it with ClusteringFailedError, as does any
+        other actor-side error (naming the epoch and the cause)."""
         first: str | None = None
         for attempt in (1, 2):
             try:
@@ -130,9 +140,10 @@ class EStepCoordinator:
                     self._wait_for_actors()
                 protos_ref, stats = self._attempt(epoch, refs, attempt)
                 return [protos_ref], replace(stats, total_s=time.perf_counter() - submitted_at)
-            except RayActorError as e:
-                actor = self._actor_index.get(e.actor_id)
-                what = f"K-means actor {actor if actor is not None else '?'} died ({_first_line(e)})"
+            except ACTOR_LOST as e:
+                actor = self._actor_index.get(getattr(e, "actor_id", None))
+                verb = "died" if isinstance(e, RayActorError) else "was lost"
+                what = f"K-means actor {actor if actor is not None else '?'} {verb} ({error_cause(e)})"
                 if first is None:
                     first = what
                     log.warning("E-step of epoch %d: %s; retrying the E-step once on the restarted actor(s)",
@@ -143,11 +154,28 @@ class EStepCoordinator:
                     f"The service allows one retry per E-step (max_restarts={self._max_restarts} per actor); "
                     f"ending the run.", epoch, actor,
                 ) from None
+            except RayTaskError as e:  # K-means itself raised on an actor
+                if isinstance(e.cause, (ClusteringFailedError, ValueError)):
+                    raise e.cause from None
+                raise ClusteringFailedError(f"E-step of epoch {epoch}: K-means failed on an actor: {error_cause(e)}",
+                                            epoch) from None
         raise AssertionError("unreachable")
 
     def _wait_for_actors(self) -> None:
-        """Block until every actor answers (a restarting actor queues the call; a dead one raises)."""
-        ray.get([a.ping.options(max_task_retries=-1).remote() for a in self._actors])
+        """Block until every actor answers (a restarting actor queues the call); an actor that is dead for good
+        (its restarts used up) is replaced by a new one, so that the run's later E-steps, and a restarted Train
+        worker group, do not meet it again."""
+        for i, actor in enumerate(self._actors):
+            try:
+                ray.get(actor.ping.options(max_task_retries=-1).remote())
+            except RayActorError:
+                if self._spec is None:
+                    raise
+                self._generation += 1
+                log.warning("K-means actor %d is dead for good; starting a new one in its place", i)
+                self._actors[i] = spawn_kmeans_actor(self._spec, i, self._generation)
+                self._actor_index[self._actors[i]._actor_id.hex()] = i
+                ray.get(self._actors[i].ping.remote())
 
     def _attempt(self, epoch: int, refs: list, attempt: int) -> tuple[object, EStepStats]:
         job = self._job
@@ -186,8 +214,10 @@ class EStepCoordinator:
         return protos_ref, stats
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+# What losing a K-means actor looks like to the coordinator: the actor died (and may restart), Ray's OOM killer
+# ended its worker (OutOfMemoryError is not a RayActorError: it used to escape the retry), its process or node
+# crashed, or an object it held is gone.
+ACTOR_LOST = (RayActorError, OutOfMemoryError, WorkerCrashedError, NodeDiedError, ObjectLostError)
 
 
 def _check_ids(

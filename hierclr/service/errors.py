@@ -12,3 +12,13 @@ class ClusteringFailedError(RuntimeError):
 
     def __reduce__(self):  # keep epoch/actor when Ray ships the error to the workers
         return type(self), (str(self), self.epoch, self.actor)
+
+
+def error_cause(e: BaseException) -> str:
+    """``Type: first line`` of an error; for a Ray task error, of the exception raised inside the task."""
+    from ray.exceptions import RayTaskError
+
+    if isinstance(e, RayTaskError) and e.cause is not None:
+        e = e.cause
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -1,6 +1,8 @@
 """The driver's handle of the service: starts the coordinator and the K-means actor pool, shuts them down."""
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,9 +11,27 @@ import ray
 from hierclr.clustering.flat import validate_num_clusters
 from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
 from hierclr.runtime.ray_start import OWN_RESOURCES
-from hierclr.service.actors import ClusteringJob, ClusteringMethod, KMeansActor
+from hierclr.service.actors import ActorSpec, ClusteringJob, ClusteringMethod, spawn_kmeans_actor
 from hierclr.service.client import ClusteringClient
 from hierclr.service.coordinator import EStepCoordinator
+
+log = logging.getLogger(__name__)
+
+
+def not_ready_message(name: str, not_ready: int, total: int, timeout_s: float, per_actor: dict, free: dict) -> str:
+    """Why the service's actors were not ready in time, without blaming resources that are free: when the cluster
+    still has room for every actor that is not ready, they were not waiting for resources but starting slowly
+    (a new worker process and its imports on a loaded machine)."""
+    cpu, gpu = per_actor.get("num_cpus", 0) * not_ready, per_actor.get("num_gpus", 0) * not_ready
+    have = f"{free.get('CPU', 0):g} CPU and {free.get('GPU', 0):g} GPU unreserved"
+    head = f"clustering service {name!r}: {not_ready} of {total} actors did not answer within {timeout_s:g} s"
+    if free.get("CPU", 0) + 1e-9 >= cpu and free.get("GPU", 0) + 1e-9 >= gpu:
+        return (f"{head}, though the cluster has {have}, enough for them (each K-means actor asks for "
+                f"{per_actor}): not a shortage of resources; their processes were slow to start (a loaded "
+                "machine, slow imports). Retry, or start on a less loaded cluster")
+    return (f"{head}; the cluster has {have} and they need {cpu:g} CPU and {gpu:g} GPU (each K-means actor asks "
+            f"for {per_actor}, see service.*): lower service.num_actors / cpus_per_actor / gpus_per_actor or add "
+            "resources (when the cluster autoscales, they may still be coming)")
 
 
 @dataclass
@@ -59,31 +79,32 @@ class ClusteringService:
             resources = {"num_gpus": service.gpus_per_actor, "num_cpus": 0}
         else:
             resources = {"num_cpus": service.cpus_per_actor}
-        remote_actor = ray.remote(KMeansActor)
-        actors = [
-            remote_actor.options(max_restarts=service.max_restarts, name=f"{name}-kmeans-{i}", **resources,
-                                 scheduling_strategy=OWN_RESOURCES).remote(
-                i, int(service.cpus_per_actor)
-            )
-            for i in range(service.num_actors)
-        ]
+        spec = ActorSpec(name=name, resources=resources, max_restarts=service.max_restarts,
+                         num_threads=int(service.cpus_per_actor))
+        actors = [spawn_kmeans_actor(spec, i) for i in range(service.num_actors)]
         job = ClusteringJob(clustering=clustering, method=method, pcl_sizes=pcl_sizes, num_rows=int(num_rows))
+        # The coordinator holds no state a restart loses for good: the workers' submissions that were in flight
+        # when it died are retried by Ray on the restarted coordinator (max_task_retries), the shards are still
+        # owned by the workers, and the epoch's E-step re-runs from them (issue 18: a killed coordinator used to
+        # fail every worker, and every worker-group restart, with ActorDiedError).
         coordinator = (
             ray.remote(EStepCoordinator)
-            .options(name=name, num_cpus=0, max_concurrency=max_workers + 4, max_restarts=0,
-                     scheduling_strategy=OWN_RESOURCES)
-            .remote(actors, job, service.max_restarts)
+            .options(name=name, num_cpus=0, max_concurrency=max_workers + 4, max_restarts=service.max_restarts,
+                     max_task_retries=-1, scheduling_strategy=OWN_RESOURCES)
+            .remote(actors, job, service.max_restarts, spec)
         )
         svc = cls(name=name, coordinator=coordinator, actors=actors)
         if ready_timeout_s is not None:
+            t0 = time.perf_counter()
             pending = [coordinator.ping.remote(), *[a.ping.remote() for a in actors]]
             _, not_ready = ray.wait(pending, num_returns=len(pending), timeout=ready_timeout_s)
             if not_ready:
+                free = ray.available_resources()
                 svc.shutdown()
-                raise RuntimeError(
-                    f"clustering service {name!r}: {len(not_ready)} of {len(pending)} actors were not scheduled "
-                    f"within {ready_timeout_s} s; each K-means actor asks for {resources} (see service.*)"
-                )
+                raise RuntimeError(not_ready_message(name, len(not_ready), len(pending), ready_timeout_s,
+                                                     resources, free))
+            log.info("clustering service %r: %d actors ready in %.1f s", name, len(pending),
+                     time.perf_counter() - t0)
         return svc
 
     def client(self) -> ClusteringClient:

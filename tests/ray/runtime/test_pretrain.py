@@ -193,21 +193,34 @@ def test_worker_failure_restarts_from_last_checkpoint(pretrained):
     assert _steps(client, result.mlflow_run_id, "loss/total") == [0, 1, 2, 3]
 
 
-def test_worker_failure_without_retries_fails_the_run(ray_session, tmp_path, digits_cache, fault_plan):
-    from ray.train.v2.api.exceptions import TrainingFailedError
+def test_a_diverging_run_fails_with_its_step_and_writes_nothing(ray_session, tmp_path, digits_cache):
+    """An absurd lr (issue 18: trained through to exit 0 with every weight NaN, the NaN encoder logged as a model).
+    Also the failure path of any worker error without retries (``max_failures=0``): the run fails with the cause
+    of the failing worker, its MLflow run is FAILED with the cause in ``hierclr.error``, and a run that wrote no
+    checkpoint leaves no directory. MoCo v2 on one worker: no clustering actor to start."""
+    from hierclr.runtime.driver import RunFailedError
 
-    # MoCo v2 on one worker: the failure path does not depend on the method, and no clustering actor to start
     cfg = tiny_config(tmp_path, digits_cache, "method=moco", "resources.num_workers=1", "optim.epochs=2",
-                      "eval.every=0", "tracking.log_models=false")
-    fault_plan([{"point": "train_step", "epoch": 0, "rank": 0, "step": 1}])
-    with pytest.raises(TrainingFailedError, match="injected fault at train_step"):
+                      "optim.base_lr=1e8", "data.val=null")  # lr 1.25e7: NaN at the 4th step, 11 steps an epoch
+    with pytest.raises(RunFailedError) as e:
         run_training(cfg, echo=lambda *a: None)
+    err = e.value
+    assert err.cause.startswith("TrainingDivergedError: training diverged: non-finite loss at epoch 0, step "), err
+    assert "lr 1.25e+07" in err.cause and "loss/total=nan" in err.cause and "loss/instance=nan" in err.cause
+    assert err.checkpoint is None and "wrote no checkpoint" in str(err)
+    assert not Path(err.run_dir).exists() and list(Path(tmp_path, "runs").iterdir()) == []  # no empty run folder
+    client = _mlflow(cfg)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["hierclr.error"] == err.cause
+    assert client.search_logged_models(experiment_ids=[runs[0].info.experiment_id]) == []  # no NaN encoder
+    assert not client.get_metric_history(runs[0].info.run_id, "loss/total")  # no epoch was reported
 
 
 def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache):
     """PCL v2 (flat K-means at each granularity through the clustering service, ProtoNCE) on one worker."""
     cfg = tiny_config(tmp_path, digits_cache, "method=pcl", "pcl.num_clusters=[8,20]", "pcl.num_negatives=4",
-                      "resources.num_workers=1", "optim.epochs=2", "eval.every=0", "tracking.log_models=false")
+                      "resources.num_workers=1", "optim.epochs=2", "data.val=null", "tracking.log_models=false")
     result = run_training(cfg, echo=lambda *a: None)
     h = result.history
     assert [int(r["epoch"]) for r in h] == [0, 1]

@@ -166,17 +166,22 @@ def test_an_actor_crash_is_retried_once(ray_session, data, fault_plan):
 
 
 def test_a_second_failure_ends_the_estep_with_a_clear_error(ray_session, data, fault_plan):
+    """...and the actor, dead for good (max_restarts=1 used up), is replaced: the next epoch (as after a Train
+    worker-group restart) gets its prototypes instead of meeting the dead actor again (issue 18)."""
     _, shards = data
     svc, _ = start(ray_session, num_actors=2)
     try:
         fault_plan([{"point": "kmeans_actor", "actor": 1, "method": "load", "action": "exit", "times": 2}])
         errors = run_ranks(svc.name, 2, shards)
+        (p3, s3), _ = run_ranks(svc.name, 3, shards)
     finally:
         svc.shutdown()
     for e in errors:  # every waiting rank gets the same error
         assert isinstance(e, ClusteringFailedError), repr(e)
         assert e.epoch == 2 and e.actor == 1
         assert "epoch 2 failed twice" in str(e) and "K-means actor 1 died" in str(e)
+    assert s3.attempts == 2 and p3.epoch == 3  # the dead actor failed the first attempt; its replacement ran
+    assert p3.sizes == SIZES and (p3.assignments[:, 0] >= 0).all()
 
 
 def test_a_killed_idle_actor_is_restarted_for_the_next_epoch(ray_session, data):
@@ -189,6 +194,32 @@ def test_a_killed_idle_actor_is_restarted_for_the_next_epoch(ray_session, data):
     finally:
         svc.shutdown()
     assert_same(p, expected(cfg, x_sorted, epoch=1))
+
+
+def test_a_killed_coordinator_comes_back_and_the_estep_completes(ray_session, data):
+    """Issue 18: killing the coordinator during an E-step raised ActorDiedError in every worker, and every Train
+    worker-group restart met the same dead actor. Now Ray restarts it, the submission that was waiting in it is
+    retried there, and the epoch's E-step runs from the workers' shards as if nothing happened."""
+    x_sorted, shards = data
+    svc, cfg = start(ray_session)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            ids, x = shards[0]
+            first = pool.submit(lambda: connect(svc.name).estep(3, 0, 2, torch.from_numpy(ids), torch.from_numpy(x)))
+            deadline = time.monotonic() + 60
+            while ray_session.get(svc.coordinator.pending.remote()) != {3: ([0], 2)}:  # rank 0 waits in it
+                assert time.monotonic() < deadline and not first.done(), first
+                time.sleep(0.05)
+            ray_session.kill(svc.coordinator, no_restart=False)
+            ids1, x1 = shards[1]
+            second = pool.submit(lambda: connect(svc.name).estep(3, 1, 2, torch.from_numpy(ids1),
+                                                                 torch.from_numpy(x1)))
+            (p0, s0), (p1, _) = first.result(timeout=90), second.result(timeout=90)
+    finally:
+        svc.shutdown()
+    assert s0.attempts == 1
+    assert_same(p0, expected(cfg, x_sorted, epoch=3))
+    assert_same(p1, p0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------------ (d)

@@ -1,6 +1,7 @@
 """Training checkpoints: exact round trip of every part, the COMPLETE marker, and finding the latest one."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -14,11 +15,13 @@ from hierclr.clustering.prototypes import Prototypes, compose_assignments
 from hierclr.config.pretrain import load_config
 from hierclr.io.checkpoint import (
     MARKER,
+    BrokenCheckpointError,
     TrainingState,
     checkpoints_in,
     latest_checkpoint,
     latest_run,
     load_checkpoint,
+    read_checkpoint_file,
     read_state_json,
     rng_state,
     save_checkpoint,
@@ -167,9 +170,130 @@ def test_missing_directory(tmp_path):
 
 def test_corrupt_model_file_is_named(tmp_path):
     d = save_checkpoint(tmp_path / "c", _minimal_state(0))
+    size = (d / "model.pt").stat().st_size
     (d / "model.pt").write_bytes(b"this is not a torch file")
-    with pytest.raises(ValueError, match=r"cannot read model\.pt"):
+    with pytest.raises(BrokenCheckpointError, match=rf"broken: model\.pt has 24 of {size} bytes"):
         load_checkpoint(d)
+
+
+def test_a_same_size_damaged_file_fails_its_sha256(tmp_path):
+    d = save_checkpoint(tmp_path / "c", _minimal_state(0, prototypes=_prototypes()))
+    data = bytearray((d / "prototypes.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (d / "prototypes.pt").write_bytes(bytes(data))
+    read_state_json(d)  # sizes match: listing still sees it...
+    with pytest.raises(BrokenCheckpointError, match=r"prototypes\.pt does not match its sha256"):
+        load_checkpoint(d)  # ...but nothing loads it
+    with pytest.raises(BrokenCheckpointError, match=r"prototypes\.pt does not match its sha256"):
+        read_checkpoint_file(d, "prototypes.pt")
+    assert read_checkpoint_file(d, "model.pt") == (d / "model.pt").read_bytes()
+
+
+def test_state_json_lists_every_file_with_size_and_sha256(tmp_path):
+    import hashlib
+
+    d = save_checkpoint(tmp_path / "c", _minimal_state(0, prototypes=_prototypes(), rng=rng_state()))
+    files = read_state_json(d)["files"]
+    assert set(files) == {"model.pt", "optimizer.pt", "prototypes.pt", "rng.pt", "config.yaml"}
+    for name, rec in files.items():
+        data = (d / name).read_bytes()
+        assert rec == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
+    assert Prototypes.load(d / "prototypes.pt").sizes == (6, 3, 2)  # the file format Prototypes.save writes
+
+
+def test_a_checkpoint_without_the_file_list_still_loads(tmp_path):
+    """Checkpoints written before state.json listed the files (format 1): the marker is all there is to check."""
+    d = save_checkpoint(tmp_path / "c", _minimal_state(3))
+    meta = json.loads((d / "state.json").read_text())
+    del meta["files"]
+    meta["format"] = 1
+    (d / "state.json").write_text(json.dumps(meta))
+    assert load_checkpoint(d).epoch == 3
+    (d / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(BrokenCheckpointError, match=r"cannot read model\.pt"):
+        load_checkpoint(d)
+
+
+# ----------------------------------------------------------------- a disk that fills while Ray copies a checkpoint
+def _copy_onto_a_filling_disk(src, dst, free_bytes: int) -> None:
+    """What Ray Train's upload did on a filling disk (issue 18): it copies a checkpoint's files on several threads,
+    so the small ones (state.json, COMPLETE, config.yaml) land whole while a big one is cut off where the disk
+    filled; the failed copy left what it had written. This writer copies in that order with a byte budget and
+    stops a file at ENOSPC."""
+    import errno
+
+    dst.mkdir(parents=True)
+    order = sorted((p for p in src.iterdir()), key=lambda p: p.stat().st_size)
+    for path in order:
+        data = path.read_bytes()
+        with open(dst / path.name, "wb") as f:
+            try:
+                if len(data) > free_bytes:
+                    f.write(data[:free_bytes])
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                f.write(data)
+            except OSError:
+                pass  # the copy thread's error went to Ray; the files stayed
+        free_bytes = max(free_bytes - len(data), 0)
+
+
+def test_a_checkpoint_cut_by_a_full_disk_is_never_loaded_and_is_quarantined(tmp_path, trained):
+    from hierclr.io.checkpoint import QUARANTINE, quarantine_broken
+    from hierclr.models.loading import read_weights
+
+    model, opt = trained
+    run = tmp_path / "run"
+    good = save_checkpoint(run / "checkpoint_000000", TrainingState(epoch=0, model=model.state_dict(),
+                                                                    optimizer=opt.state_dict()))
+    local = save_checkpoint(tmp_path / "local", TrainingState(epoch=1, model=model.state_dict(),
+                                                              optimizer=opt.state_dict(), prototypes=_prototypes()))
+    model_size = (local / "model.pt").stat().st_size
+    small = sum(p.stat().st_size for p in local.iterdir() if p.name != "model.pt")
+    _copy_onto_a_filling_disk(local, run / "checkpoint_000001", free_bytes=small + model_size // 2)
+    cut = run / "checkpoint_000001"
+    assert (cut / MARKER).is_file() and (cut / "state.json").is_file()  # what the old readers trusted
+    assert (cut / "model.pt").stat().st_size == model_size // 2
+
+    with pytest.raises(BrokenCheckpointError, match=rf"broken: model\.pt has {model_size // 2} of {model_size} bytes"):
+        read_state_json(cut)
+    with pytest.raises(BrokenCheckpointError, match=r"model\.pt"):
+        load_checkpoint(cut)
+    with pytest.raises(BrokenCheckpointError, match=r"model\.pt"):
+        latest_checkpoint(cut)  # --resume PATH of the broken checkpoint itself
+    # every finder (resume, export, evaluate, model.init) takes the newest intact checkpoint instead
+    assert checkpoints_in(run) == [(0, good)]
+    assert latest_checkpoint(run) == good
+    assert torch.equal(read_weights(run)["encoder_q.backbone.conv1.weight"],
+                       model.state_dict()["encoder_q.backbone.conv1.weight"])
+    # ... and it is moved aside, whole, for a person to look at
+    moved = quarantine_broken(run)
+    assert moved == [run / QUARANTINE / "checkpoint_000001"] and not cut.exists()
+    assert (moved[0] / "model.pt").stat().st_size == model_size // 2
+    assert quarantine_broken(run) == [] and checkpoints_in(run) == [(0, good)]
+
+
+def test_quarantine_leaves_what_ray_restores_from_and_writes_in_progress(tmp_path):
+    from hierclr.io.checkpoint import RAY_SNAPSHOT, check_ray_latest, quarantine_broken
+
+    run = tmp_path / "run"
+    good = save_checkpoint(run / "checkpoint_000000", _minimal_state(0))
+    listed = save_checkpoint(run / "checkpoint_000001", _minimal_state(1))
+    (listed / "optimizer.pt").write_bytes(b"")
+    in_progress = save_checkpoint(run / "checkpoint_000002", _minimal_state(2))
+    (in_progress / MARKER).unlink()
+    (run / RAY_SNAPSHOT).write_text(json.dumps({
+        "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_000000"},
+                               {"checkpoint_dir_name": "checkpoint_000001"}],
+        "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_000001"}}))
+    assert quarantine_broken(run) == []  # Ray refuses a run whose recorded checkpoints are gone
+    assert listed.is_dir() and in_progress.is_dir()
+    # Ray would restore --resume latest from the broken one: refused before Ray starts, naming the way on
+    with pytest.raises(BrokenCheckpointError, match=rf"optimizer\.pt has 0 of .* --resume {good}"):
+        check_ray_latest(run)
+    (run / RAY_SNAPSHOT).write_text(json.dumps({
+        "checkpoint_results": [{"checkpoint_dir_name": "checkpoint_000000"}],
+        "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_000000"}}))
+    check_ray_latest(run)
 
 
 def test_missing_optimizer_file_is_named(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,9 @@ from hierclr.clustering import Prototypes, compose_assignments
 from hierclr.config.pretrain import load_config
 from hierclr.eval import knn_accuracy
 from hierclr.losses import HCSCObjective, PCLObjective
+from hierclr.methods.base import eval_due
 from hierclr.methods.contrastive import (
+    Contrastive,
     build_model,
     build_objective,
     distributed_knn,
@@ -28,6 +31,23 @@ from hierclr.runtime.metrics import MetricAverager, sum_over_ranks
 from hierclr.runtime.worker import step_generator
 
 CPU = torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------ when to evaluate
+def _due(method_cls, every: int, last: int, has_val: bool = True) -> list[int]:
+    """The epochs ``method_cls.eval_due`` picks (its own state: the config and the run's has_val, nothing else)."""
+    me = SimpleNamespace(cfg=load_config(None, [f"eval.every={every}"]), run=SimpleNamespace(has_val=has_val))
+    return [e for e in range(last + 1) if method_cls.eval_due(me, e, last)]
+
+
+def test_eval_every_zero_evaluates_only_at_the_end():
+    """``eval.every=0``: documented as "only at the end" (it used to never run in pretraining)."""
+    assert [e for e in range(5) if eval_due(0, e, 4)] == [4]
+    assert _due(Contrastive, 0, last=4) == [4]
+    assert _due(Contrastive, 0, last=2) == [2]  # --stop-after-epoch 2: the run's last epoch
+    assert _due(Contrastive, 2, last=4) == [1, 3, 4]
+    assert _due(Contrastive, 1, last=3) == [0, 1, 2, 3]
+    assert _due(Contrastive, 0, last=4, has_val=False) == []  # no labelled split: no kNN
 
 
 # ------------------------------------------------------------------------------------------ lr schedule
