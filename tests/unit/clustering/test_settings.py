@@ -56,10 +56,12 @@ def test_settings_validate_and_are_frozen():
     assert KMeansSettings(device=torch.device("cpu")).device == "cpu"
 
 
-def test_clustering_config_is_the_settings_plus_sizes(planted):
+def test_clustering_config_is_the_settings_plus_sizes_and_features(planted):
     cfg = ClusteringConfig(sizes=(20, 5), nredo=1, seed=3, temperature=0.3)
     assert isinstance(cfg, KMeansSettings)
-    assert set(ClusteringConfig.model_fields) == set(KMeansSettings.model_fields) | {"sizes"}
+    # the run-level choices: the hierarchy's sizes and which features the E-step clusters
+    assert set(ClusteringConfig.model_fields) == set(KMeansSettings.model_fields) | {"sizes", "features"}
+    assert cfg.features == "embed_pass"
     for name, field in KMeansSettings.model_fields.items():
         assert ClusteringConfig.model_fields[name].default == field.default, name
     points, _ = planted
