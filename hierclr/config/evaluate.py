@@ -40,7 +40,9 @@ class ClusteringProtocol(Section):
 class HierarchyProtocol(Section):
     prototypes: bool = Field(True, description="also score the checkpoint's own hierarchical prototypes (when it "
                                                "has them and data.train is the split they were computed on)")
-    max_samples: int | None = Field(50_000, ge=100)
+    max_samples: int | None = Field(None, ge=100, description="null (default): AMI over every row, as the paper "
+                                                             "reports; N: a seeded N-row subsample, faster but "
+                                                             "biased low")
 
 
 class TrainedProtocol(Section):

@@ -71,7 +71,7 @@ def clustering_protocol(feats, labels, ks: Sequence[int], settings: KMeansSettin
 
 def hierarchy_protocol(feats, labels_by_level: np.ndarray, *, sizes: Sequence[int] | None = None,
                        prototype_assignments: np.ndarray | None = None, seed: int = 0,
-                       backend: str = "auto", max_samples: int | None = 50_000) -> dict[str, float]:
+                       backend: str = "auto", max_samples: int | None = None) -> dict[str, float]:
     """AMI against every label level (paper Table 11). ``hierarchy/kmeans_label{m}``: K-means with K = the
     number of classes at level m (``sizes``, default: distinct labels per level) against level m's labels.
     ``prototype_assignments`` ``(N, Lp)`` (the model's hierarchical prototypes, rows aligned with
