@@ -62,6 +62,23 @@ def resolve_backend(backend: str, device: torch.device | str | None) -> tuple[st
     return backend, dev
 
 
+def non_faiss_reason(settings: KMeansSettings, *, distributed: bool = False) -> str | None:
+    """Why K-means with ``settings`` (on ``settings.device``) will not run faiss, the official code's K-means;
+    ``None`` when it will. ``distributed``: level 0 runs as distributed Lloyd (always the torch update).
+
+    The torch path runs the same Lloyd iterations but draws its own initial centroids and training
+    subsample and splits an empty cluster from the largest one, so its prototypes are not the official ones.
+    """
+    if distributed:
+        return "level 0 runs as distributed Lloyd over several clustering actors (torch updates)"
+    name, dev = resolve_backend(settings.backend, settings.device)
+    if name == "faiss":
+        return None
+    if settings.backend == "torch":
+        return "clustering.backend is 'torch'"
+    return f"backend 'auto' on {dev} without a faiss GPU build falls back to the torch backend"
+
+
 def kmeans(
     x,
     k: int,

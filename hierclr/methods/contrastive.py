@@ -301,7 +301,7 @@ class ContrastivePlan(Plan):
 
         self.service = ClusteringService.start(
             f"hierclr-clustering-{name}", cfg.clustering, cfg.service, method=cfg.method,
-            pcl_sizes=cfg.pcl.num_clusters, num_rows=prepared.train_src.num_rows)
+            pcl_sizes=cfg.pcl.num_clusters, num_rows=prepared.train_src.num_rows, compat=cfg.compat)
         return {"service_name": self.service.name}
 
     def stop_services(self) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import ray
 
@@ -32,6 +33,7 @@ class ClusteringService:
         method: ClusteringMethod = "hcsc",
         pcl_sizes: Sequence[int] = (),
         num_rows: int,
+        compat: Literal["official", "paper"] = "official",
         max_workers: int = 64,
         ready_timeout_s: float | None = 120.0,
     ) -> ClusteringService:
@@ -40,7 +42,8 @@ class ClusteringService:
         ``max_restarts=service.max_restarts``).
 
         ``method="pcl"`` clusters flat at each K of ``pcl_sizes`` (PCL v2), ignoring ``clustering.sizes``
-        and ``min_cluster_size``. ``num_rows``: the dataset size (ids are ``0..num_rows-1``).
+        and ``min_cluster_size``. ``num_rows``: the dataset size (ids are ``0..num_rows-1``). ``compat``: the
+        run's; ``official`` makes the actors warn when the E-step will not run faiss.
         ``max_workers``: the most ranks that may wait in the coordinator at once. ``ready_timeout_s``: how
         long to wait for the actors to be scheduled (None: do not wait).
         """
@@ -67,7 +70,8 @@ class ClusteringService:
             )
             for i in range(service.num_actors)
         ]
-        job = ClusteringJob(clustering=clustering, method=method, pcl_sizes=pcl_sizes, num_rows=int(num_rows))
+        job = ClusteringJob(clustering=clustering, method=method, pcl_sizes=pcl_sizes, num_rows=int(num_rows),
+                            compat=compat)
         coordinator = (
             ray.remote(EStepCoordinator)
             .options(name=name, num_cpus=0, max_concurrency=max_workers + 4, max_restarts=0,
