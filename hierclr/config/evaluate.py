@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
 from hierclr.config.sections import DataSection, ResourcesSection, TrackingSection
+from hierclr.eval.precision import FeaturePrecision
 
 EVALUATE_PRESET_DIR = PRESET_DIR / "evaluate"
 Protocol = Literal["knn", "linear", "semi", "clustering", "hierarchy"]
@@ -71,6 +72,8 @@ class EvaluateConfig(Section):
     linear: TrainedProtocol = TrainedProtocol(config="imagenet-r50-linear")
     semi: SemiProtocol = SemiProtocol(config="imagenet-r50-semi")
     resources: ResourcesSection = ResourcesSection()
+    feature_precision: FeaturePrecision = Field("fp32", description="fp32 (default), or bf16 / fp16 autocast of the "
+                                                                    "trunk on GPUs (faster, lower precision)")
     tracking: TrackingSection = TrackingSection()
     output_dir: str = Field("./hierclr_eval", description="results.json, plots, features, protocol runs (a local "
                                                           "or shared path: the feature workers write here)")

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
 from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
 from hierclr.config.sections import CheckpointSection, DataSection, OptimSection, ResourcesSection, TrackingSection
+from hierclr.eval.precision import FeaturePrecision
 
 Method = Literal["hcsc", "moco", "pcl"]
 
@@ -75,6 +76,9 @@ class EvalSection(Section):
     ami_max_samples: int | None = Field(None, ge=100, description="null (default): AMI over every row, as the paper "
                                                                   "reports; N: a seeded N-row subsample, faster but "
                                                                   "biased low")
+    feature_precision: FeaturePrecision = Field("fp32", description="kNN monitor features: fp32 (default), or "
+                                                                    "bf16 / fp16 autocast on GPUs and shipped "
+                                                                    "across ranks in that precision")
     selection_quality: bool = Field(True, description="precision / recall of the false negatives ICSC drops per "
                                                       "level, per epoch (paper Fig. 5), when the training split has "
                                                       "labels")

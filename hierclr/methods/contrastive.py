@@ -29,6 +29,7 @@ import torch
 from hierclr.config.pretrain import PretrainConfig
 from hierclr.data.streams import eval_batches
 from hierclr.eval.knn import knn_accuracy_from_topk, knn_topk, merge_topk
+from hierclr.eval.precision import FeaturePrecision, autocast_dtype, feature_dtype
 from hierclr.eval.selection_quality import SelectionCounter, selection_metrics
 from hierclr.io.fs import resolve
 from hierclr.losses import HCSCObjective, PCLObjective
@@ -74,12 +75,13 @@ def build_model(cfg: PretrainConfig) -> MoCo:
                 cifar_stem=m.cifar_stem)
 
 
-def distributed_knn(train: dict, val: dict, *, ks, num_classes: int, temperature: float) -> dict[str, float]:
-    """kNN top-1 with the train features sharded over the ranks: val features are all-gathered, each rank
-    takes the top-k of every val row within its shard, rank 0 merges the shards' lists and votes.
-    Returns the accuracies on every rank (rank 0's are the ones reported)."""
+def distributed_knn(train: dict, val: dict, *, ks, num_classes: int, temperature: float,
+                    precision: FeaturePrecision = "fp32") -> dict[str, float]:
+    """kNN top-1 with the train features sharded over the ranks: val features are all-gathered (in
+    ``precision``: fp32 by default), each rank takes the top-k of every val row within its shard, rank 0
+    merges the shards' lists and votes. Returns the accuracies on every rank (rank 0's are the ones reported)."""
     keep = val["labels"] >= 0
-    vals = gather_objects((val["backbone"][keep].half(), val["labels"][keep]))
+    vals = gather_objects((val["backbone"][keep].to(feature_dtype(precision)), val["labels"][keep]))
     val_f = torch.cat([v[0] for v in vals]).float()
     val_y = torch.cat([v[1] for v in vals])
     tkeep = train["labels"] >= 0
@@ -145,10 +147,10 @@ class Contrastive(Method):
         ev = self.cfg.data.transform_config().eval
         return eval_batches(iterator, ev.mean, ev.std, self.env.per_worker_batch)
 
-    def _embed(self, model, iterator, *, head: bool, backbone: bool) -> dict:
+    def _embed(self, model, iterator, *, head: bool, backbone: bool, amp_dtype: torch.dtype | None = None) -> dict:
         env = self.env
         return embed_pass(model, self._batches(iterator), head=head, backbone=backbone, device=env.device,
-                          channels_last=env.channels_last, amp_dtype=env.amp_dtype)
+                          channels_last=env.channels_last, amp_dtype=amp_dtype)
 
     def before_epoch(self, model, epoch: int, row: dict) -> None:
         """The E-step: embed, cluster (the service), prototypes on the device; AMI and hierarchy artifacts."""
@@ -156,7 +158,8 @@ class Contrastive(Method):
         self.protos, self.check_ids = None, False
         need_e = uses_prototypes(cfg, epoch)
         t0 = time.perf_counter()
-        embedded = self._embed(model, self.embed_it, head=True, backbone=False) if need_e else None
+        embedded = self._embed(model, self.embed_it, head=True, backbone=False, amp_dtype=env.amp_dtype) if need_e \
+            else None
         row["time/embed"] = time.perf_counter() - t0
         row["time/cluster"] = row["time/broadcast"] = 0.0
         if need_e:
@@ -206,10 +209,11 @@ class Contrastive(Method):
     def evaluate(self, model, epoch: int) -> dict[str, float]:
         """kNN monitor (Eq. 11) on the val split with the query encoder's backbone features."""
         cfg = self.cfg
-        train_feats = self._embed(model, self.embed_it, head=False, backbone=True)
-        val_feats = self._embed(model, self.val_it, head=False, backbone=True)
+        amp = autocast_dtype(cfg.eval.feature_precision, self.env.device.type)  # fp32 unless asked otherwise
+        train_feats = self._embed(model, self.embed_it, head=False, backbone=True, amp_dtype=amp)
+        val_feats = self._embed(model, self.val_it, head=False, backbone=True, amp_dtype=amp)
         return distributed_knn(train_feats, val_feats, ks=cfg.eval.ks, num_classes=self.run.num_classes,
-                               temperature=cfg.eval.temperature)
+                               temperature=cfg.eval.temperature, precision=cfg.eval.feature_precision)
 
     def checkpoint_extras(self) -> dict:
         return {"prototypes": self.protos.to("cpu") if self.protos is not None else None}

@@ -52,6 +52,7 @@ def feature_loop(loop_config: dict) -> None:
 
     from hierclr.data.streams import eval_batches
     from hierclr.data.transforms import TransformConfig
+    from hierclr.eval.precision import autocast_dtype
     from hierclr.models.backbones import build_backbone
 
     ctx = ray.train.get_context()
@@ -62,7 +63,7 @@ def feature_loop(loop_config: dict) -> None:
     trunk.load_state_dict(ray.get(loop_config["weights"]))
     trunk = trunk.to(device).eval()
     ev = TransformConfig.model_validate(loop_config["transforms"]).eval
-    amp = torch.bfloat16 if (loop_config["amp"] and device.type == "cuda") else None
+    amp = autocast_dtype(loop_config["precision"], device.type)
     rows = 0
     with tempfile.TemporaryDirectory(prefix="hierclr-feats-") as tmp:
         for split in loop_config["splits"]:
@@ -114,7 +115,7 @@ def extract_features(cfg: EvaluateConfig, weights: dict, feature_dim: int, sourc
         train_loop_config={"weights": ray.put(weights), "backbone": cfg.model.backbone,
                            "cifar_stem": cfg.model.cifar_stem, "transforms": cfg.data.transform_config().model_dump(),
                            "batch_size": 256, "splits": list(sources), "feature_dim": feature_dim,
-                           "cpus": res.cpus_per_worker, "amp": res.use_gpu},
+                           "cpus": res.cpus_per_worker, "precision": cfg.feature_precision},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         datasets={split: s.dataset for split, s in streams.items()},
         dataset_config=train_data_config(tuple(sources)),
