@@ -61,7 +61,8 @@ class SemiProtocol(TrainedProtocol):
 class EvaluateConfig(Section):
     name: str = "hierclr-eval"
     source: str = Field(..., description="hierclr checkpoint / run dir / best_encoder.pt, torchvision state dict, "
-                                         "official MoCo-style checkpoint, or mlflow:<run id>")
+                                         "official MoCo-style checkpoint, or mlflow:<run id>[/<model>] (default model: "
+                                         "encoder_last)")
     seed: int = 0
     model: EvalModelSection = EvalModelSection()
     data: DataSection = DataSection()

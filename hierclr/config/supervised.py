@@ -31,7 +31,7 @@ class SupervisedModelSection(Section):
     cifar_stem: bool = False
     init: str | None = Field(None, description="trunk weights: torchvision state dict, hierclr checkpoint/run dir, "
                                                "official MoCo-style checkpoint, or mlflow:<run id>[/<model>] "
-                                               "(read from tracking.uri); null: random")
+                                               "(default model encoder_last; read from tracking.uri); null: random")
     init_head: bool = Field(False, description="also take the projection head from a hierclr pretraining "
                                                "checkpoint (its MoCo head: needs matching dim / hidden_dim)")
     dim: int = Field(128, ge=1, description="projection (embedding) dimension of the contrastive losses")
