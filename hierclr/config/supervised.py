@@ -56,6 +56,14 @@ class SupervisedLossSection(Section):
     tau1: float = Field(0.1, gt=0, description="VarCon base temperature")
     epsilon: float = Field(0.02, ge=0, description="VarCon adaptive-temperature range")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    clce_features: Literal["encoder", "projection"] = Field(
+        "encoder", description="what LACLN reads: the L2-normalised encoder (trunk) output, as the CLCE paper "
+                               "(Sec. 3.3), or a projection head's output")
+    ddp_scale: Literal["official", "world_size"] = Field(
+        "official", description="contrastive losses under DDP (every rank computes the loss of the all-gathered "
+                                "batch): official = unscaled, as the VarCon code (DDP's gradient average then gives "
+                                "1/world of the global loss's gradient); world_size = x world, the global loss's "
+                                "exact gradient (an official-equivalent step needs lr / world)")
 
     @model_validator(mode="after")
     def _tau(self) -> SupervisedLossSection:
@@ -63,6 +71,11 @@ class SupervisedLossSection(Section):
             raise ValueError(f"loss.epsilon ({self.epsilon}) must be below loss.tau1 ({self.tau1}): tau2 ranges over "
                              "[tau1 - epsilon, tau1 + epsilon]")
         return self
+
+    @property
+    def uses_projection(self) -> bool:
+        """Whether the loss reads a projection head (CE never does; CLCE only with ``clce_features=projection``)."""
+        return self.name in ("supcon", "varcon") or (self.name == "clce" and self.clce_features == "projection")
 
     def contrastive_temperature(self) -> float:
         if self.temperature is not None:
@@ -174,8 +187,9 @@ class SupervisedConfig(Section):
                              f"({self.optim.epochs})")
         if self.model.init_head and not self.model.init:
             raise ValueError("model.init_head needs model.init (a hierclr pretraining checkpoint)")
-        if self.model.init_head and self.task == "finetune" and self.loss.name == "ce":
-            raise ValueError("model.init_head: loss.name=ce has no projection head to initialise")
+        if self.model.init_head and self.task == "finetune" and not self.loss.uses_projection:
+            raise ValueError(f"model.init_head: loss.name={self.loss.name} has no projection head to initialise"
+                             + (" (set loss.clce_features=projection)" if self.loss.name == "clce" else ""))
         if self.task == "hcal" and self.hcal.init_prototypes != "random" and not self.model.init:
             raise ValueError(f"hcal.init_prototypes={self.hcal.init_prototypes} needs model.init: class means of a "
                              "random network carry no information")

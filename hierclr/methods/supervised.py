@@ -41,7 +41,7 @@ def build_network(cfg: SupervisedConfig, level_map: np.ndarray) -> nn.Module:
 
         net = build_hcal_network(cfg, level_sizes(level_map))
     else:
-        dim = None if cfg.loss.name == "ce" else m.dim  # CE never reads the embedding
+        dim = m.dim if cfg.loss.uses_projection else None  # CE and paper-form CLCE read no projection head
         net = SupervisedNet(m.backbone, level_sizes(level_map)[0], dim=dim, hidden_dim=m.hidden_dim,
                             cifar_stem=m.cifar_stem)
         if m.classifier_init_std is not None:
