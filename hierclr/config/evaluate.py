@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
 from hierclr.config.sections import DataSection, ResourcesSection, TrackingSection
@@ -31,11 +31,25 @@ class KNNProtocol(Section):
 
 
 class ClusteringProtocol(Section):
-    ks: tuple[int, ...] | None = Field(None, description="K values; null: the number of classes and "
+    """Two clustering protocols: ``prototypes`` (the paper's, HCSC Table 4 / App. A as PCL: the checkpoint's own
+    prototypes against the labels of data.train, the split they were computed on) and ``kmeans`` (the HIRL
+    evaluation script's: K-means on the features of ``split``)."""
+
+    methods: tuple[Literal["prototypes", "kmeans"], ...] = Field(
+        ("prototypes", "kmeans"), description="prototypes: the paper's (Table 4); kmeans: the HIRL script's")
+    prototype_levels: tuple[int, ...] | None = Field(None, description="prototype levels scored (null: all)")
+    ks: tuple[int, ...] | None = Field(None, description="K-means K values; null: the number of classes and "
                                                          "overcluster x that")
     overcluster: int = Field(10, ge=2)
     nredo: int = Field(5, ge=1)
-    split: Literal["train", "val"] = Field("val", description="which split's features are clustered")
+    split: Literal["train", "val"] = Field("val", description="which split's features K-means clusters")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"clustering.methods must name prototypes and/or kmeans once each, got {list(v)}")
+        return v
 
 
 class HierarchyProtocol(Section):

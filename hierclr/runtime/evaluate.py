@@ -146,6 +146,15 @@ def _source_context(source: str) -> tuple[str | None, object | None]:
     return state.mlflow_run_id, state.prototypes
 
 
+def _prototype_rows(prototypes, train_src, ids: np.ndarray) -> np.ndarray | None:
+    """The prototype assignments ``(len(ids), L)`` of these dataset ids, or None when the prototypes were not
+    computed on this split (their row count is not the split's)."""
+    if prototypes is None:
+        return None
+    a = prototypes.assignments.cpu().numpy()
+    return a[ids] if len(a) == train_src.num_rows else None
+
+
 def _tracking_under(cfg: EvaluateConfig, parent: str | None):
     """The tracking section of the evaluation run: the parent's experiment when the parent is in this store."""
     from hierclr.runtime.tracking import resolved_uri
@@ -208,7 +217,12 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     from hierclr.clustering.settings import KMeansSettings
     from hierclr.config.loader import flatten
     from hierclr.data import open_source
-    from hierclr.eval.protocols import clustering_protocol, hierarchy_protocol, knn_protocol
+    from hierclr.eval.protocols import (
+        clustering_protocol,
+        hierarchy_protocol,
+        knn_protocol,
+        prototype_clustering_protocol,
+    )
     from hierclr.io.atomic import write_atomic
     from hierclr.models.backbones import build_backbone
     from hierclr.models.loading import load_backbone
@@ -246,8 +260,10 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     feats = None
     status = "FAILED"
     try:
-        need = {"knn": ("train", "val"), "clustering": (cfg.clustering.split,), "hierarchy": ("train",),
-                "semi": ("train",)}
+        cm = cfg.clustering.methods
+        need = {"knn": ("train", "val"), "hierarchy": ("train",), "semi": ("train",),
+                "clustering": ((cfg.clustering.split,) if "kmeans" in cm else ())
+                + (("train",) if "prototypes" in cm and prototypes is not None else ())}
         splits = sorted({s for p in cfg.protocols for s in need.get(p, ())} | ({"val"} if cfg.plot != "none" else set()))
         if splits:
             t0 = time.perf_counter()
@@ -260,7 +276,15 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
                                         va["feats"][va["labels"] >= 0], va["labels"][va["labels"] >= 0],
                                         ks=cfg.knn.ks, temperature=cfg.knn.temperature, num_classes=num_classes,
                                         backend=cfg.knn.backend, chunk_size=cfg.knn.chunk_size))
-        if "clustering" in cfg.protocols:
+        if "clustering" in cfg.protocols and "prototypes" in cm:  # the paper's (Table 4)
+            s = feats["train"] if prototypes is not None else None
+            assigns = _prototype_rows(prototypes, train_src, s["ids"]) if s is not None else None
+            if assigns is None:
+                echo("clustering: prototypes (the paper's protocol) skipped: the source has no prototypes computed "
+                     f"on {cfg.data.train}")
+            else:
+                results.update(prototype_clustering_protocol(assigns, s["labels"], cfg.clustering.prototype_levels))
+        if "clustering" in cfg.protocols and "kmeans" in cm:  # the HIRL script's
             s = feats[cfg.clustering.split]
             keep = s["labels"] >= 0
             ks = cfg.clustering.ks or (num_classes, num_classes * cfg.clustering.overcluster)
@@ -273,9 +297,7 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
             by_level = level_map[s["labels"][keep]]
             assigns = None
             if cfg.hierarchy.prototypes and prototypes is not None:
-                a = prototypes.assignments.cpu().numpy()
-                if len(a) == train_src.num_rows:  # computed on this split: rows are dataset ids
-                    assigns = a[s["ids"][keep]]
+                assigns = _prototype_rows(prototypes, train_src, s["ids"][keep])
             results.update(hierarchy_protocol(s["feats"][keep], by_level, prototype_assignments=assigns,
                                               seed=cfg.seed, max_samples=cfg.hierarchy.max_samples))
         for which in ("linear", "semi"):
