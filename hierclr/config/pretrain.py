@@ -30,6 +30,11 @@ class ModelConfig(Section):
     hidden_dim: int | None = Field(None, ge=1)
     queue_size: int = Field(16384, ge=1)
     momentum: float = Field(0.999, ge=0.0, le=1.0)
+    embed_buffers: Literal["rank0", "per_rank"] = Field(
+        "rank0", description="BatchNorm statistics of the E-step and kNN-monitor embeddings: rank0 = rank 0's, "
+                             "broadcast to every rank before each embedding pass (the official code: DDP broadcasts "
+                             "buffers at every forward); per_rank = each rank's own (training uses "
+                             "broadcast_buffers=False)")
 
 
 class HCSCLossConfig(Section):

@@ -36,6 +36,7 @@ from hierclr.losses import HCSCObjective, PCLObjective
 from hierclr.methods.base import Method, Plan, Prepared
 from hierclr.methods.contrastive_step import embed_pass, hcsc_train_step
 from hierclr.models import MoCo
+from hierclr.models.buffers import broadcast_buffers
 from hierclr.runtime.artifacts import log_hierarchy
 from hierclr.runtime.metrics import gather_objects, sum_over_ranks
 
@@ -75,6 +76,17 @@ def build_model(cfg: PretrainConfig) -> MoCo:
                 cifar_stem=m.cifar_stem)
 
 
+def sync_embedding_buffers(model, mode: str) -> None:
+    """``model.embed_buffers``: with ``rank0`` every rank takes rank 0's BatchNorm statistics of both encoders
+    before an embedding pass, so all ranks embed with the same network, as the official code (DDP with
+    ``broadcast_buffers=True``); ``per_rank`` leaves each rank's own. A collective under DDP (every rank calls
+    it); the queue is not touched."""
+    if mode == "rank0":
+        core = model.module if hasattr(model, "module") else model
+        broadcast_buffers(core.encoder_q)
+        broadcast_buffers(core.encoder_k)
+
+
 def distributed_knn(train: dict, val: dict, *, ks, num_classes: int, temperature: float,
                     precision: FeaturePrecision = "fp32") -> dict[str, float]:
     """kNN top-1 with the train features sharded over the ranks: val features are all-gathered (in
@@ -109,7 +121,9 @@ def gather_labels(ids: torch.Tensor, labels: torch.Tensor, num_rows: int, level_
 class Contrastive(Method):
     """HCSC / MoCo v2 / PCL v2 in the epoch loop."""
 
-    ddp_kwargs = {"broadcast_buffers": False}  # noqa: RUF012  the official code keeps each rank's BN buffers
+    # Training steps keep each rank's BN buffers (no broadcast per step); embedding passes take rank 0's first
+    # (model.embed_buffers, as the official code's DDP forward does)
+    ddp_kwargs = {"broadcast_buffers": False}  # noqa: RUF012
     select_metric = "knn/top1_best"
 
     def __init__(self, cfg: PretrainConfig, run, env, tracker=None) -> None:
@@ -149,6 +163,7 @@ class Contrastive(Method):
 
     def _embed(self, model, iterator, *, head: bool, backbone: bool, amp_dtype: torch.dtype | None = None) -> dict:
         env = self.env
+        sync_embedding_buffers(model, self.cfg.model.embed_buffers)
         return embed_pass(model, self._batches(iterator), head=head, backbone=backbone, device=env.device,
                           channels_last=env.channels_last, amp_dtype=amp_dtype)
 

@@ -1,23 +1,19 @@
-"""The supervised modes' pieces without Ray: config, schedule, parameter groups, the step losses, the global
-batch gather under a real 2-process gloo group, class-mean prototypes, evaluation readout."""
+"""The supervised modes' pieces without Ray: config, schedule, parameter groups, the step losses, class-mean
+prototypes, evaluation readout (the global batch gather under a real 2-process gloo group: test_two_ranks.py)."""
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from hierclr.config.supervised import list_supervised_presets, load_supervised_config
 from hierclr.losses.supcon import supcon_loss
-from hierclr.losses.varcon import varcon_loss
 from hierclr.methods.hcal import class_means
 from hierclr.methods.supervised import build_network, evaluate, lr_factor, param_groups
-from hierclr.methods.supervised_step import ddp_loss_scale, finetune_loss, gather_with_grad, hcal_step_loss
+from hierclr.methods.supervised_step import finetune_loss, hcal_step_loss
 
 LEVEL_MAP = np.array([[0, 0], [1, 0], [2, 1], [3, 1], [4, 2]])  # 5 classes -> 3 groups
 
@@ -126,55 +122,6 @@ def test_finetune_ce_has_no_projection_head_and_clce_mixes_terms():
     x, y = _batch()
     loss, metrics = finetune_loss(net, cfg, x, y)
     assert loss.item() == pytest.approx(0.1 * metrics["loss/ce"].item() + 0.9 * metrics["loss/lacln"].item(), rel=1e-5)
-
-
-def _worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    result = {}
-    for loss_name in ("supcon", "varcon"):
-        for rule in ("official", "world_size"):
-            torch.manual_seed(0)
-            lin = torch.nn.Linear(x.shape[1], 6)
-            part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
-            z, yy = gather_with_grad(F.normalize(lin(x[part]), dim=1), y[part])
-            scale = ddp_loss_scale(cfg_of(f"loss.ddp_scale={rule}"))
-            loss = (supcon_loss(z, yy) if loss_name == "supcon" else varcon_loss(z, yy)) * scale
-            loss.backward()
-            for p in lin.parameters():  # what DDP does: average the ranks' gradients
-                dist.all_reduce(p.grad)
-                p.grad /= world
-            result[loss_name, rule] = {"scale": scale, "loss": loss.detach() / scale,
-                                       "grads": [p.grad for p in lin.parameters()]}
-    if rank == 0:
-        torch.save(result, out)
-    dist.destroy_process_group()
-
-
-def test_global_batch_gather_and_the_two_ddp_scalings(tmp_path):
-    """Two gloo ranks, each with half the batch, others' rows detached (SupCon and VarCon). ``ddp_scale:
-    world_size``: after DDP's gradient average the gradient equals the single-process gradient of the whole
-    batch's loss. ``official`` (the default, as the VarCon code: the loss unscaled): half of it (1 / world)."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(12, 5, generator=g)
-    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 3, 0])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, port, x, y, str(out)), nprocs=2, join=True)
-    got = torch.load(out)
-    assert cfg_of().loss.ddp_scale == "official"
-    for loss_name in ("supcon", "varcon"):
-        torch.manual_seed(0)
-        lin = torch.nn.Linear(5, 6)
-        z = F.normalize(lin(x), dim=1)
-        want = supcon_loss(z, y) if loss_name == "supcon" else varcon_loss(z, y)
-        want.backward()
-        assert got[loss_name, "official"]["scale"] == 1 and got[loss_name, "world_size"]["scale"] == 2
-        for rule, factor in (("world_size", 1.0), ("official", 0.5)):
-            assert got[loss_name, rule]["loss"].item() == pytest.approx(want.item(), rel=1e-5)
-            for a, b in zip(got[loss_name, rule]["grads"], [p.grad for p in lin.parameters()]):
-                assert torch.allclose(a, factor * b, atol=1e-6), (loss_name, rule)
 
 
 def test_clce_reads_the_normalised_encoder_output_by_default():
