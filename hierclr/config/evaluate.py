@@ -69,7 +69,20 @@ class TrainedProtocol(Section):
 
 
 class SemiProtocol(TrainedProtocol):
-    fractions: tuple[float, ...] = Field((0.01, 0.1), description="label fractions (seeded, per class)")
+    """Semi-supervised fine-tuning on label subsets: the standard file lists when ``subset_files`` gives them
+    (ImageNet's ``1percent.txt`` and ``10percent.txt``, one per fraction, same order), seeded per-class draws of
+    each fraction otherwise."""
+
+    fractions: tuple[float, ...] = Field((0.01, 0.1), description="label fractions (names the runs: semi0.01, ...)")
+    subset_files: tuple[str, ...] = Field((), description="file lists, one per fraction (e.g. [.../1percent.txt, "
+                                                          ".../10percent.txt]); empty: seeded per-class draws")
+
+    @model_validator(mode="after")
+    def _files(self) -> SemiProtocol:
+        if self.subset_files and len(self.subset_files) != len(self.fractions):
+            raise ValueError(f"semi.subset_files has {len(self.subset_files)} files for {len(self.fractions)} "
+                             "semi.fractions: give one file list per fraction, in the same order")
+        return self
 
 
 class EvaluateConfig(Section):

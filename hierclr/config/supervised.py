@@ -40,6 +40,7 @@ class SupervisedModelSection(Section):
                                                      "(BatchNorm statistics fixed); only the heads train")
     classifier_init_std: float | None = Field(None, gt=0, description="classifier weights ~ N(0, std^2), bias 0 "
                                                                       "(linear protocol: 0.01); null: PyTorch's")
+    sync_bn: bool = Field(False, description="SyncBatchNorm: batch statistics over all workers' rows (GPU workers)")
 
 
 class SupervisedLossSection(Section):
@@ -128,23 +129,26 @@ class SupervisedOptimSection(OptimSection):
 
 
 class SubsetSection(Section):
-    """Train on a label subset (semi-supervised protocol): ``fraction`` of every class, seeded (one extra read
-    pass over the training split's labels), or the dataset ids in ``ids_file`` (a ``.npy``; what
-    ``hierclr evaluate`` passes). File lists such as ``1percent.txt``: ``hierclr prepare-data --subset-file``."""
+    """Train on a label subset (semi-supervised protocol): the files named in ``file_list`` (the standard
+    ImageNet ``1percent.txt`` / ``10percent.txt``: one file name per line, matched against the split's file
+    paths, parquet or ImageFolder data), ``fraction`` of every class, seeded (one extra read pass over the
+    training split's labels), or the dataset ids in ``ids_file`` (a ``.npy``)."""
 
+    file_list: str | None = Field(None, description="a file list such as ImageNet's 1percent.txt")
     fraction: float | None = Field(None, gt=0, le=1)
     ids_file: str | None = None
     seed: int = 0
 
     @model_validator(mode="after")
     def _one(self) -> SubsetSection:
-        if self.fraction is not None and self.ids_file is not None:
-            raise ValueError("subset: give fraction or ids_file, not both")
+        given = [k for k in ("file_list", "fraction", "ids_file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"subset: give one of file_list, fraction, ids_file, not {' and '.join(given)}")
         return self
 
     @property
     def active(self) -> bool:
-        return self.fraction is not None or self.ids_file is not None
+        return self.fraction is not None or self.ids_file is not None or self.file_list is not None
 
 
 class SupervisedEvalSection(Section):
@@ -185,6 +189,9 @@ class SupervisedConfig(Section):
         if self.optim.warmup_epochs >= self.optim.epochs > 1:
             raise ValueError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) must be below optim.epochs "
                              f"({self.optim.epochs})")
+        if self.model.sync_bn and not self.resources.use_gpu:
+            raise ValueError("model.sync_bn needs GPU workers (resources.use_gpu=true): torch's SyncBatchNorm does "
+                             "not run on the CPU")
         if self.model.init_head and not self.model.init:
             raise ValueError("model.init_head needs model.init (a hierclr pretraining checkpoint)")
         if self.model.init_head and self.task == "finetune" and not self.loss.uses_projection:

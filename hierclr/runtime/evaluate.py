@@ -261,7 +261,7 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     status = "FAILED"
     try:
         cm = cfg.clustering.methods
-        need = {"knn": ("train", "val"), "hierarchy": ("train",), "semi": ("train",),
+        need = {"knn": ("train", "val"), "hierarchy": ("train",), "semi": () if cfg.semi.subset_files else ("train",),
                 "clustering": ((cfg.clustering.split,) if "kmeans" in cm else ())
                 + (("train",) if "prototypes" in cm and prototypes is not None else ())}
         splits = sorted({s for p in cfg.protocols for s in need.get(p, ())} | ({"val"} if cfg.plot != "none" else set()))
@@ -304,7 +304,7 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
             if which not in cfg.protocols:
                 continue
             runs = [(which, [])] if which == "linear" else [
-                (f"semi{f:g}", _subset_sets(f, feats, cfg, out)) for f in cfg.semi.fractions]
+                (f"semi{f:g}", _subset_sets(i, feats, cfg, out)) for i, f in enumerate(cfg.semi.fractions)]
             for label, extra in runs:
                 link = TrackingLink(parent_run_id=tracker.run_id, run_name=f"{cfg.name} {label}",
                                     tags={"hierclr.protocol": label})
@@ -334,20 +334,25 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
                           mlflow_run_id=run_id, parent_run_id=parent)
 
 
-def _subset_sets(fraction: float, feats, cfg: EvaluateConfig, out: Path) -> list[str]:
-    """``subset.*`` overrides for a semi-supervised run: the ids of a seeded per-class fraction (from the feature
-    pass's labels, written to ``subset_<f>.npy``)."""
+def _subset_sets(index: int, feats, cfg: EvaluateConfig, out: Path) -> list[str]:
+    """``subset.*`` overrides for the semi-supervised run of ``semi.fractions[index]``: its file list
+    (``semi.subset_files``, the standard ImageNet subsets) when given, else the ids of a seeded per-class
+    fraction (from the feature pass's labels, written to ``subset_<f>.npy``)."""
     from hierclr.eval.subsets import per_class_subset
 
+    fraction = cfg.semi.fractions[index]
+    if cfg.semi.subset_files:
+        return [f"subset.file_list={cfg.semi.subset_files[index]}", "subset.fraction=null", "subset.ids_file=null"]
     if feats is None or "train" not in feats:
-        return [f"subset.fraction={fraction}", "subset.ids_file=null", f"subset.seed={cfg.seed}"]
+        return [f"subset.fraction={fraction}", "subset.ids_file=null", "subset.file_list=null",
+                f"subset.seed={cfg.seed}"]
     tr = feats["train"]
     ids = per_class_subset(tr["ids"], tr["labels"], fraction, seed=cfg.seed)
     path = out / f"subset_{fraction:g}.npy"
     buf = io.BytesIO()
     np.save(buf, ids)
     path.write_bytes(buf.getvalue())
-    return [f"subset.ids_file={path}", "subset.fraction=null"]
+    return [f"subset.ids_file={path}", "subset.fraction=null", "subset.file_list=null"]
 
 
 def _log_embedding_plot(tracker, val: dict, level_map: np.ndarray, source, cfg: EvaluateConfig, out: Path) -> None:

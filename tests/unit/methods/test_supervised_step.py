@@ -227,3 +227,15 @@ def test_linear_protocol_preset_freezes_the_trunk_in_eval_mode_and_inits_the_cla
     assert torch.equal(bn.running_mean, before[0])  # BatchNorm statistics untouched
     assert torch.equal(net.backbone.conv1.weight, before[1])  # trunk untouched
     assert not torch.equal(net.classifier.weight.detach(), w)  # the classifier trained
+
+
+def test_sync_bn_option_converts_every_batchnorm_and_needs_gpu_workers():
+    cfg = cfg_of("model.sync_bn=true", "resources.use_gpu=true")
+    net = build_network(cfg, LEVEL_MAP)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(isinstance(m, torch.nn.SyncBatchNorm) for m in bns)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in build_network(cfg_of(), LEVEL_MAP).modules())
+    hcal = build_network(cfg_of("model.sync_bn=true", "resources.use_gpu=true", preset="digits-hcal"), LEVEL_MAP)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in hcal.modules())
+    with pytest.raises(ValueError, match="model.sync_bn needs GPU workers"):
+        cfg_of("model.sync_bn=true")
