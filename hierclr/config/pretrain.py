@@ -78,6 +78,8 @@ class EvalSection(Section):
     temperature: float = Field(0.07, gt=0)
     ami: bool = Field(True, description="AMI of the prototype assignments against every label level, per E-step "
                                         "(paper Table 11), when the training split has labels")
+    ami_every: int = Field(1, ge=1, description="AMI every N E-step epochs (and at the last epoch): the full AMI "
+                                                "costs minutes per pair at ImageNet scale, on rank 0")
     ami_max_samples: int | None = Field(None, ge=100, description="null (default): AMI over every row, as the paper "
                                                                   "reports; N: a seeded N-row subsample, faster but "
                                                                   "biased low")

@@ -31,7 +31,7 @@ def prototype_label_ami(
             just noisy: with fewer rows per (cluster, class) cell the expected-MI correction grows
             (200k rows x 3000 prototypes x 1000 classes: 0.414 in full, 0.367 on 50k rows). Use it only
             to bound time: sklearn's expected-MI term costs about #clusters x #classes x cluster size
-            (8 s per pair for 200k x 3000 x 1000 on one CPU core; about 6x that per pair at 1.28M).
+            (measured on a loaded 2-core machine: 8 s per pair for 200k x 3000 x 1000, 211 s at 1.28M).
         seed: the subsample's seed. One seeded permutation of all rows is drawn and every pair keeps its
             first ``max_samples`` valid rows in that order, so pairs with the same valid rows score the
             same subsample (and the result is deterministic).

@@ -60,6 +60,11 @@ def uses_prototypes(cfg: PretrainConfig, epoch: int) -> bool:
     return cfg.uses_clustering and epoch >= cfg.loss.warmup_epochs
 
 
+def ami_due(cfg: PretrainConfig, epoch: int) -> bool:
+    """Whether an E-step epoch logs the prototype-label AMI: every ``eval.ami_every`` E-steps and the last epoch."""
+    return (epoch - cfg.loss.warmup_epochs) % cfg.eval.ami_every == 0 or epoch == cfg.optim.epochs - 1
+
+
 def selection_counter(cfg: PretrainConfig, protos, fine_by_id: torch.Tensor | None) -> SelectionCounter | None:
     """A counter of this epoch's ICSC masks against the labels (paper Fig. 5), or None where the epoch draws no
     ICSC mask (warm-up, MoCo / PCL, instance loss or selection off) or the training split has no labels."""
@@ -191,7 +196,7 @@ class Contrastive(Method):
             if (cfg.eval.ami or cfg.eval.selection_quality) and lm is not None and self.labels_by_id is None:
                 self.labels_by_id = gather_labels(embedded["ids"], embedded["labels"], len(protos.assignments), lm)
                 self.fine_by_id = torch.as_tensor(self.labels_by_id[:, 0], device=env.device)
-            if cfg.eval.ami and lm is not None and env.rank == 0:  # paper Table 11, per epoch
+            if cfg.eval.ami and lm is not None and env.rank == 0 and ami_due(cfg, epoch):  # paper Table 11
                 from hierclr.eval.hierarchy_ami import prototype_label_ami
 
                 row.update(prototype_label_ami(protos.assignments.cpu().numpy(), self.labels_by_id,

@@ -256,3 +256,12 @@ def test_feature_precision_settings():
         feature_dtype("int8")
     with pytest.raises(Exception, match="feature_precision"):
         load_config(None, ["eval.feature_precision=fp64"])
+
+
+def test_ami_due_every_n_e_steps_and_at_the_end():
+    from hierclr.methods.contrastive import ami_due
+
+    cfg = load_config(None, ["loss.warmup_epochs=2", "optim.epochs=12", "eval.ami_every=4"])
+    assert [e for e in range(2, 12) if ami_due(cfg, e)] == [2, 6, 10, 11]
+    assert all(ami_due(load_config(None, []), e) for e in range(200))
+    assert load_config("imagenet-r50-200ep").eval.ami_every == 10
