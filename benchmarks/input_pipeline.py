@@ -31,6 +31,12 @@ What it measures
     for reference. Every batch is touched (a strided sum over each tensor) so nothing stays lazy. All files are read
     once beforehand so both pipelines see a warm page cache.
 
+    With ``--shuffle-buffer N`` (default: the training default, ``data.shuffle_buffer``) the Ray stream is also
+    timed as a training worker reads it, through a local shuffle buffer of N rows (``train_batch_kwargs``), and both
+    Ray rows report ``batch_overlap``: the mean share of a batch found inside one batch of the previous pass (two
+    passes = two epochs; about 1 when batches are the same images every epoch). Measured on this 2-core machine
+    (4000 CIFAR-10 JPEGs, batch 64): x0.965 images/s with N = 1024, overlap 0.06 vs 0.80 without.
+
 How to run
     python benchmarks/input_pipeline.py                                   # synthetic 1000 ImageNet-like JPEGs
     python benchmarks/input_pipeline.py --synthetic-imagenet 1000 --workers 2 --also-parquet
