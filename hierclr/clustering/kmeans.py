@@ -62,6 +62,23 @@ def resolve_backend(backend: str, device: torch.device | str | None) -> tuple[st
     return backend, dev
 
 
+def non_faiss_reason(settings: KMeansSettings, *, distributed: bool = False) -> str | None:
+    """Why K-means with ``settings`` (on ``settings.device``) will not run faiss, the official code's K-means;
+    ``None`` when it will. ``distributed``: level 0 runs as distributed Lloyd (always the torch update).
+
+    The torch path runs the same Lloyd iterations but draws its own initial centroids and training
+    subsample and splits an empty cluster from the largest one, so its prototypes are not the official ones.
+    """
+    if distributed:
+        return "level 0 runs as distributed Lloyd over several clustering actors (torch updates)"
+    name, dev = resolve_backend(settings.backend, settings.device)
+    if name == "faiss":
+        return None
+    if settings.backend == "torch":
+        return "clustering.backend is 'torch'"
+    return f"backend 'auto' on {dev} without a faiss GPU build falls back to the torch backend"
+
+
 def kmeans(
     x,
     k: int,
@@ -294,21 +311,26 @@ def lloyd_partial_sums(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor, Te
 
 @torch.no_grad()
 def update_centroids(sums: Tensor, counts: Tensor, centroids: Tensor) -> tuple[Tensor, int]:
-    """New centroids = mean of their members; empty clusters split a large one as faiss does.
+    """New centroids = mean of their members; an empty cluster splits a large one (faiss ``split_clusters``).
 
-    faiss picks the cluster to split at random with probability proportional to its size; here the
-    largest cluster is split (deterministic, identical across shards and processes). Returns the new
-    centroids (float32) and the number of splits.
+    As faiss: the empty centroid becomes a copy of the split one and both are perturbed symmetrically,
+    dimension by dimension with alternating signs (even dimensions: copy x (1 + eps), original x (1 - eps);
+    odd: the reverse; eps = 1/1024), and the split cluster's count is halved between them. Unlike faiss,
+    which picks the cluster to split at random with probability proportional to its size, the largest
+    cluster is split (deterministic, identical across shards and processes). Returns the new centroids
+    (float32) and the number of splits.
     """
     counts = counts.clone()
     new = centroids.to(torch.float64).clone()
     nonempty = counts > 0
     new[nonempty] = sums[nonempty] / counts[nonempty, None]
     nsplit = 0
+    sign = torch.ones(new.shape[1], dtype=new.dtype, device=new.device)
+    sign[1::2] = -1.0  # faiss: j % 2 == 0 -> +eps on the copy, -eps on the original; odd j the other way
     for j in torch.nonzero(~nonempty).flatten().tolist():
         big = int(torch.argmax(counts))
-        new[j] = new[big] * (1 + _SPLIT_EPS)
-        new[big] = new[big] * (1 - _SPLIT_EPS)
+        new[j] = new[big] * (1 + _SPLIT_EPS * sign)
+        new[big] = new[big] * (1 - _SPLIT_EPS * sign)
         counts[j] = counts[big] / 2
         counts[big] = counts[big] - counts[j]
         nsplit += 1

@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--config", default="digits", help="evaluate preset (see --list-presets) or YAML file")
     p.add_argument("--source", default=None, help="the encoder: hierclr checkpoint / run dir / best_encoder.pt, "
                                                   "torchvision state dict, official MoCo-style checkpoint, "
-                                                  "or mlflow:<run id>")
+                                                  "or mlflow:<run id>[/encoder_best] (default: the last encoder)")
     p.add_argument("--protocols", default=None, help="comma-separated subset of knn,linear,semi,clustering,hierarchy")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one field, e.g. --set knn.ks=[20]")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

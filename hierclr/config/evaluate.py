@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hierclr.config.loader import EVALUATE_PRESET_DIR, Section, list_presets, load_tree, validate
 from hierclr.config.sections import DataSection, ResourcesSection, TrackingSection
+from hierclr.eval.precision import FeaturePrecision
 
 Protocol = Literal["knn", "linear", "semi", "clustering", "hierarchy"]
 
@@ -29,17 +30,33 @@ class KNNProtocol(Section):
 
 
 class ClusteringProtocol(Section):
-    ks: tuple[int, ...] | None = Field(None, description="K values; null: the number of classes and "
+    """Two clustering protocols: ``prototypes`` (the paper's, HCSC Table 4 / App. A as PCL: the checkpoint's own
+    prototypes against the labels of data.train, the split they were computed on) and ``kmeans`` (the HIRL
+    evaluation script's: K-means on the features of ``split``)."""
+
+    methods: tuple[Literal["prototypes", "kmeans"], ...] = Field(
+        ("prototypes", "kmeans"), description="prototypes: the paper's (Table 4); kmeans: the HIRL script's")
+    prototype_levels: tuple[int, ...] | None = Field(None, description="prototype levels scored (null: all)")
+    ks: tuple[int, ...] | None = Field(None, description="K-means K values; null: the number of classes and "
                                                          "overcluster x that")
     overcluster: int = Field(10, ge=2)
     nredo: int = Field(5, ge=1)
-    split: Literal["train", "val"] = Field("val", description="which split's features are clustered")
+    split: Literal["train", "val"] = Field("val", description="which split's features K-means clusters")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"clustering.methods must name prototypes and/or kmeans once each, got {list(v)}")
+        return v
 
 
 class HierarchyProtocol(Section):
     prototypes: bool = Field(True, description="also score the checkpoint's own hierarchical prototypes (when it "
                                                "has them and data.train is the split they were computed on)")
-    max_samples: int | None = Field(50_000, ge=100)
+    max_samples: int | None = Field(None, ge=100, description="null (default): AMI over every row, as the paper "
+                                                             "reports; N: a seeded N-row subsample, faster but "
+                                                             "biased low")
 
 
 class TrainedProtocol(Section):
@@ -51,13 +68,27 @@ class TrainedProtocol(Section):
 
 
 class SemiProtocol(TrainedProtocol):
-    fractions: tuple[float, ...] = Field((0.01, 0.1), description="label fractions (seeded, per class)")
+    """Semi-supervised fine-tuning on label subsets: the standard file lists when ``subset_files`` gives them
+    (ImageNet's ``1percent.txt`` and ``10percent.txt``, one per fraction, same order), seeded per-class draws of
+    each fraction otherwise."""
+
+    fractions: tuple[float, ...] = Field((0.01, 0.1), description="label fractions (names the runs: semi0.01, ...)")
+    subset_files: tuple[str, ...] = Field((), description="file lists, one per fraction (e.g. [.../1percent.txt, "
+                                                          ".../10percent.txt]); empty: seeded per-class draws")
+
+    @model_validator(mode="after")
+    def _files(self) -> SemiProtocol:
+        if self.subset_files and len(self.subset_files) != len(self.fractions):
+            raise ValueError(f"semi.subset_files has {len(self.subset_files)} files for {len(self.fractions)} "
+                             "semi.fractions: give one file list per fraction, in the same order")
+        return self
 
 
 class EvaluateConfig(Section):
     name: str = "hierclr-eval"
     source: str = Field(..., description="hierclr checkpoint / run dir / best_encoder.pt, torchvision state dict, "
-                                         "official MoCo-style checkpoint, or mlflow:<run id>")
+                                         "official MoCo-style checkpoint, or mlflow:<run id>[/<model>] (default model: "
+                                         "encoder_last)")
     seed: int = 0
     model: EvalModelSection = EvalModelSection()
     data: DataSection = DataSection()
@@ -68,6 +99,8 @@ class EvaluateConfig(Section):
     linear: TrainedProtocol = TrainedProtocol(config="imagenet-r50-linear")
     semi: SemiProtocol = SemiProtocol(config="imagenet-r50-semi")
     resources: ResourcesSection = ResourcesSection()
+    feature_precision: FeaturePrecision = Field("fp32", description="fp32 (default), or bf16 / fp16 autocast of the "
+                                                                    "trunk on GPUs (faster, lower precision)")
     tracking: TrackingSection = TrackingSection()
     output_dir: str = Field("./hierclr_eval", description="results.json, plots, features, protocol runs (a local "
                                                           "or shared path: the feature workers write here)")

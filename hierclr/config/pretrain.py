@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
 from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
 from hierclr.config.sections import CheckpointSection, DataSection, OptimSection, ResourcesSection, TrackingSection
+from hierclr.eval.precision import FeaturePrecision
 
 Method = Literal["hcsc", "moco", "pcl"]
 
@@ -29,6 +30,11 @@ class ModelConfig(Section):
     hidden_dim: int | None = Field(None, ge=1)
     queue_size: int = Field(16384, ge=1)
     momentum: float = Field(0.999, ge=0.0, le=1.0)
+    embed_buffers: Literal["rank0", "per_rank"] = Field(
+        "rank0", description="BatchNorm statistics of the E-step and kNN-monitor embeddings: rank0 = rank 0's, "
+                             "broadcast to every rank before each embedding pass (the official code: DDP broadcasts "
+                             "buffers at every forward); per_rank = each rank's own (training uses "
+                             "broadcast_buffers=False)")
 
 
 class HCSCLossConfig(Section):
@@ -72,8 +78,14 @@ class EvalSection(Section):
     temperature: float = Field(0.07, gt=0)
     ami: bool = Field(True, description="AMI of the prototype assignments against every label level, per E-step "
                                         "(paper Table 11), when the training split has labels")
-    ami_max_samples: int | None = Field(50_000, ge=100, description="seeded subsample for AMI (sklearn's expected "
-                                                                    "mutual information is slow at ImageNet scale)")
+    ami_every: int = Field(1, ge=1, description="AMI every N E-step epochs (and at the last epoch): the full AMI "
+                                                "costs minutes per pair at ImageNet scale, on rank 0")
+    ami_max_samples: int | None = Field(None, ge=100, description="null (default): AMI over every row, as the paper "
+                                                                  "reports; N: a seeded N-row subsample, faster but "
+                                                                  "biased low")
+    feature_precision: FeaturePrecision = Field("fp32", description="kNN monitor features: fp32 (default), or "
+                                                                    "bf16 / fp16 autocast on GPUs and shipped "
+                                                                    "across ranks in that precision")
     selection_quality: bool = Field(True, description="precision / recall of the false negatives ICSC drops per "
                                                       "level, per epoch (paper Fig. 5), when the training split has "
                                                       "labels")

@@ -24,6 +24,9 @@ class DataSection(Section):
     transforms: Literal["imagenet", "imagenet_multicrop", "cifar", "imagenet_linear", "cifar_linear"] = "cifar"
     augment_on: Literal["cpu", "device"] = "cpu"
     decode_batch_size: int = Field(64, ge=1, description="rows decoded and augmented together in one Ray Data task")
+    shuffle_buffer: int = Field(1024, ge=0, description="rows in each training worker's local shuffle buffer (Ray "
+                                                        "Data local_shuffle_buffer_size), so a batch mixes many decode "
+                                                        "slices and shards; 0: off (batches = decode slices)")
     num_cpus: int = Field(1, ge=1, description="CPU budget of each Ray Data stream")
     max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0)
     verify_shards: bool = Field(False, description="check every parquet shard's sha256 against its manifest when "

@@ -30,7 +30,7 @@ class SupervisedModelSection(Section):
     cifar_stem: bool = False
     init: str | None = Field(None, description="trunk weights: torchvision state dict, hierclr checkpoint/run dir, "
                                                "official MoCo-style checkpoint, or mlflow:<run id>[/<model>] "
-                                               "(read from tracking.uri); null: random")
+                                               "(default model encoder_last; read from tracking.uri); null: random")
     init_head: bool = Field(False, description="also take the projection head from a hierclr pretraining "
                                                "checkpoint (its MoCo head: needs matching dim / hidden_dim)")
     dim: int = Field(128, ge=1, description="projection (embedding) dimension of the contrastive losses")
@@ -39,6 +39,7 @@ class SupervisedModelSection(Section):
                                                      "(BatchNorm statistics fixed); only the heads train")
     classifier_init_std: float | None = Field(None, gt=0, description="classifier weights ~ N(0, std^2), bias 0 "
                                                                       "(linear protocol: 0.01); null: PyTorch's")
+    sync_bn: bool = Field(False, description="SyncBatchNorm: batch statistics over all workers' rows (GPU workers)")
 
 
 class SupervisedLossSection(Section):
@@ -55,6 +56,14 @@ class SupervisedLossSection(Section):
     tau1: float = Field(0.1, gt=0, description="VarCon base temperature")
     epsilon: float = Field(0.02, ge=0, description="VarCon adaptive-temperature range")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    clce_features: Literal["encoder", "projection"] = Field(
+        "encoder", description="what LACLN reads: the L2-normalised encoder (trunk) output, as the CLCE paper "
+                               "(Sec. 3.3), or a projection head's output")
+    ddp_scale: Literal["official", "world_size"] = Field(
+        "official", description="contrastive losses under DDP (every rank computes the loss of the all-gathered "
+                                "batch): official = unscaled, as the VarCon code (DDP's gradient average then gives "
+                                "1/world of the global loss's gradient); world_size = x world, the global loss's "
+                                "exact gradient (an official-equivalent step needs lr / world)")
 
     @model_validator(mode="after")
     def _tau(self) -> SupervisedLossSection:
@@ -62,6 +71,11 @@ class SupervisedLossSection(Section):
             raise ValueError(f"loss.epsilon ({self.epsilon}) must be below loss.tau1 ({self.tau1}): tau2 ranges over "
                              "[tau1 - epsilon, tau1 + epsilon]")
         return self
+
+    @property
+    def uses_projection(self) -> bool:
+        """Whether the loss reads a projection head (CE never does; CLCE only with ``clce_features=projection``)."""
+        return self.name in ("supcon", "varcon") or (self.name == "clce" and self.clce_features == "projection")
 
     def contrastive_temperature(self) -> float:
         if self.temperature is not None:
@@ -114,23 +128,26 @@ class SupervisedOptimSection(OptimSection):
 
 
 class SubsetSection(Section):
-    """Train on a label subset (semi-supervised protocol): ``fraction`` of every class, seeded (one extra read
-    pass over the training split's labels), or the dataset ids in ``ids_file`` (a ``.npy``; what
-    ``hierclr evaluate`` passes). File lists such as ``1percent.txt``: ``hierclr prepare-data --subset-file``."""
+    """Train on a label subset (semi-supervised protocol): the files named in ``file_list`` (the standard
+    ImageNet ``1percent.txt`` / ``10percent.txt``: one file name per line, matched against the split's file
+    paths, parquet or ImageFolder data), ``fraction`` of every class, seeded (one extra read pass over the
+    training split's labels), or the dataset ids in ``ids_file`` (a ``.npy``)."""
 
+    file_list: str | None = Field(None, description="a file list such as ImageNet's 1percent.txt")
     fraction: float | None = Field(None, gt=0, le=1)
     ids_file: str | None = None
     seed: int = 0
 
     @model_validator(mode="after")
     def _one(self) -> SubsetSection:
-        if self.fraction is not None and self.ids_file is not None:
-            raise ValueError("subset: give fraction or ids_file, not both")
+        given = [k for k in ("file_list", "fraction", "ids_file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"subset: give one of file_list, fraction, ids_file, not {' and '.join(given)}")
         return self
 
     @property
     def active(self) -> bool:
-        return self.fraction is not None or self.ids_file is not None
+        return self.fraction is not None or self.ids_file is not None or self.file_list is not None
 
 
 class SupervisedEvalSection(Section):
@@ -171,10 +188,14 @@ class SupervisedConfig(Section):
         if self.optim.warmup_epochs >= self.optim.epochs > 1:
             raise ValueError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) must be below optim.epochs "
                              f"({self.optim.epochs})")
+        if self.model.sync_bn and not self.resources.use_gpu:
+            raise ValueError("model.sync_bn needs GPU workers (resources.use_gpu=true): torch's SyncBatchNorm does "
+                             "not run on the CPU")
         if self.model.init_head and not self.model.init:
             raise ValueError("model.init_head needs model.init (a hierclr pretraining checkpoint)")
-        if self.model.init_head and self.task == "finetune" and self.loss.name == "ce":
-            raise ValueError("model.init_head: loss.name=ce has no projection head to initialise")
+        if self.model.init_head and self.task == "finetune" and not self.loss.uses_projection:
+            raise ValueError(f"model.init_head: loss.name={self.loss.name} has no projection head to initialise"
+                             + (" (set loss.clce_features=projection)" if self.loss.name == "clce" else ""))
         if self.task == "hcal" and self.hcal.init_prototypes != "random" and not self.model.init:
             raise ValueError(f"hcal.init_prototypes={self.hcal.init_prototypes} needs model.init: class means of a "
                              "random network carry no information")

@@ -5,7 +5,8 @@ plus a thin ``read_*(path)`` for local files. Errors are :class:`DataFormatError
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import posixpath
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hierclr.io.errors import DataFormatError
@@ -129,6 +130,28 @@ def parse_file_list(text: str, source: str = "<text>") -> list[str]:
     if not names:
         raise DataFormatError(f"{source}: no file names (the file is empty)")
     return names
+
+
+def select_listed(keys: Sequence[str], wanted: Sequence[str], source: str = "<list>", what: str = "the split"
+                  ) -> list[int]:
+    """Sorted indices into ``keys`` (paths relative to a split, e.g. ``n01440764/n01440764_10026.JPEG``) of the
+    files in ``wanted`` (:func:`parse_file_list`). An entry with a ``/`` names a relative path (class/file); a
+    bare name (ImageNet's ``1percent.txt``) is matched by file name, which must then be unique among ``keys``.
+    A listed file that is not there, or an ambiguous bare name, is a :class:`DataFormatError` naming it."""
+    where = {k: i for i, k in enumerate(keys)}
+    names: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        base = posixpath.basename(k)
+        names[base] = -1 if base in names else i
+    ambiguous = [w for w in wanted if "/" not in w and names.get(w) == -1]
+    if ambiguous:
+        raise DataFormatError(f"{source}: file name {ambiguous[0]!r} occurs in several classes of {what}; list "
+                              "it as <class>/<file>")
+    where.update({w: names[w] for w in wanted if "/" not in w and w in names})
+    missing = [w for w in wanted if w not in where]
+    if missing:
+        raise DataFormatError(f"{len(missing)} files of {source} are not in {what}, e.g. {missing[0]}")
+    return sorted(where[w] for w in wanted)
 
 
 def parse_class_index(text: str, source: str = "<text>") -> list[str]:

@@ -121,25 +121,10 @@ def _carve(plans: list[SplitPlan], cfg: PrepareConfig) -> list[SplitPlan]:
     out = []
     for p in plans:
         if p.name == "train" and cfg.subset_file:
-            from hierclr.data.imagenet_meta import parse_file_list
+            from hierclr.data.imagenet_meta import parse_file_list, select_listed
 
             loc = resolve(cfg.subset_file)
-            wanted = parse_file_list(loc.read_text(), source=loc.uri)
-            # An entry with a "/" names a path relative to the split (class/file); a bare name (ImageNet's
-            # 1percent.txt) is matched by file name, which must then be unique in the split.
-            where = {k: i for i, k in enumerate(p.keys)}
-            names: dict[str, int] = {}
-            for i, k in enumerate(p.keys):
-                names[posixpath.basename(k)] = -1 if posixpath.basename(k) in names else i
-            ambiguous = [w for w in wanted if "/" not in w and names.get(w) == -1]
-            if ambiguous:
-                raise DataFormatError(f"{loc.uri}: file name {ambiguous[0]!r} occurs in several classes of the train "
-                                      "split; list it as <class>/<file>")
-            where.update({w: names[w] for w in wanted if "/" not in w and w in names})
-            missing = [w for w in wanted if w not in where]
-            if missing:
-                raise DataFormatError(f"{len(missing)} files of {loc.uri} are not in the train split, e.g. {missing[0]}")
-            idx = sorted(where[w] for w in wanted)
+            idx = select_listed(p.keys, parse_file_list(loc.read_text(), source=loc.uri), loc.uri, "the train split")
             p = SplitPlan(p.name, [p.keys[i] for i in idx], p.labels[idx], p.classes, p.hierarchy,
                           _Subset(p.loader, idx))
         if p.name == "train" and cfg.val_fraction > 0:

@@ -37,6 +37,7 @@ from hierclr.runtime.ray_start import OWN_RESOURCES
 EPOCH_OFFSET_KEY = "hierclr.epoch_offset"
 EPOCH_CLOCK_KEY = "hierclr.epoch_clock"
 CROP_STAGE, PHOTOMETRIC_STAGE = 0, 1
+SHUFFLE_STAGE = 3  # the local shuffle buffer's seed (2: the in-slice permutation)
 
 
 class StreamConfig(BaseModel):
@@ -245,6 +246,18 @@ def _per_unit(task):
 
     run.__name__ = task.__name__
     return run
+
+
+def train_batch_kwargs(shuffle_buffer: int, seed: int, epoch: int, rank: int) -> dict:
+    """``iter_torch_batches`` arguments of a training worker: a local shuffle buffer of ``shuffle_buffer`` rows
+    (none for 0) with a seed of (seed, epoch, rank), so batches mix rows of many decode slices and shards, differ
+    every epoch and are reproducible. Without it a batch is one task's decode slice, the same images every epoch."""
+    if shuffle_buffer < 0:
+        raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+    if shuffle_buffer == 0:
+        return {}
+    shuffle_seed = int(np.random.default_rng([seed, epoch, rank, SHUFFLE_STAGE]).integers(0, 2**31 - 1))
+    return {"local_shuffle_buffer_size": shuffle_buffer, "local_shuffle_seed": shuffle_seed}
 
 
 def train_stream(source: ShardSource, cfg: StreamConfig | None = None, *,

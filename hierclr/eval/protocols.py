@@ -2,8 +2,10 @@
 
 * :func:`knn_protocol`: weighted kNN (HCSC Eq. 11, T = 0.07) for several k from one neighbour search, top-1
   and top-5 per k, and the best k.
-* :func:`clustering_protocol`: K-means of the L2-normalised features at each K (the number of classes and an
-  over-clustered K), NMI / AMI / Hungarian accuracy against the labels.
+* Clustering, two protocols named for what they score (NMI / AMI / Hungarian accuracy against the labels):
+  :func:`prototype_clustering_protocol`, the paper's (HCSC Table 4, App. A, following PCL): the model's own
+  prototypes of a level against the labels over the training set it clustered; :func:`clustering_protocol`,
+  the HIRL evaluation script's: K-means of the L2-normalised features of a split at each K.
 * :func:`hierarchy_protocol`: paper Table 11: AMI between cluster assignments and every label level, from
   K-means per level (K = classes at that level) and, when given, the model's own prototype assignments.
 
@@ -52,9 +54,38 @@ def knn_protocol(train_feats, train_labels, val_feats, val_labels, *, ks: Sequen
     return out
 
 
+def prototype_clustering_protocol(assignments, labels, levels: Sequence[int] | None = None) -> dict[str, float]:
+    """HCSC Table 4 / App. A (as PCL): the model's prototype assignments of each level against the class labels
+    of the same training rows. ``clustering/prototypes_l{l}/{nmi,ami,acc}`` and ``.../k`` (that level's number of
+    prototypes: Table 4's "# Clusters"; the paper reads level 0 of 25000-10000-1000 and level 2 of 3000-2000-1000).
+
+    ``assignments``: ``(N, L)`` (or ``(N,)``) prototype per row and level, -1 = unassigned; ``labels``: ``(N,)``,
+    -1 = unlabelled; such rows are left out per level. ``levels``: which levels (default: all). AMI over every
+    row (no subsample).
+    """
+    a = np.asarray(assignments)
+    a = a[:, None] if a.ndim == 1 else a
+    y = np.asarray(labels).reshape(-1)
+    if a.ndim != 2 or a.shape[0] != y.shape[0]:
+        raise ValueError(f"prototype clustering: assignments {a.shape} and labels {y.shape} must have the same rows")
+    levels = range(a.shape[1]) if levels is None else levels
+    out: dict[str, float] = {}
+    for level in levels:
+        if not 0 <= level < a.shape[1]:
+            raise ValueError(f"prototype clustering: level {level} out of range: the prototypes have {a.shape[1]} "
+                             "levels")
+        keep = (a[:, level] >= 0) & (y >= 0)
+        if not keep.any():
+            continue
+        scores = clustering_scores(y[keep], a[keep, level])
+        out.update({f"clustering/prototypes_l{level}/{name}": v for name, v in scores.items()})
+        out[f"clustering/prototypes_l{level}/k"] = float(a[:, level].max() + 1)
+    return out
+
+
 def clustering_protocol(feats, labels, ks: Sequence[int], settings: KMeansSettings) -> dict[str, float]:
-    """``clustering/k{K}/{nmi,ami,acc}`` for every K: K-means with ``settings`` (whole) on the L2-normalised
-    features."""
+    """The HIRL evaluation script's clustering: ``clustering/kmeans_k{K}/{nmi,ami,acc}`` for every K, K-means
+    with ``settings`` (whole) on the L2-normalised features."""
     from hierclr.clustering.kmeans import kmeans
 
     x = _l2(feats)
@@ -65,13 +96,13 @@ def clustering_protocol(feats, labels, ks: Sequence[int], settings: KMeansSettin
             raise ValueError(f"clustering: K={k} exceeds the {len(x)} evaluated images")
         res = kmeans(x, int(k), settings)
         assign = np.asarray(res.assignments)
-        out.update({f"clustering/k{k}/{name}": v for name, v in clustering_scores(y, assign).items()})
+        out.update({f"clustering/kmeans_k{k}/{name}": v for name, v in clustering_scores(y, assign).items()})
     return out
 
 
 def hierarchy_protocol(feats, labels_by_level: np.ndarray, *, sizes: Sequence[int] | None = None,
                        prototype_assignments: np.ndarray | None = None, seed: int = 0,
-                       backend: str = "auto", max_samples: int | None = 50_000) -> dict[str, float]:
+                       backend: str = "auto", max_samples: int | None = None) -> dict[str, float]:
     """AMI against every label level (paper Table 11). ``hierarchy/kmeans_label{m}``: K-means with K = the
     number of classes at level m (``sizes``, default: distinct labels per level) against level m's labels.
     ``prototype_assignments`` ``(N, Lp)`` (the model's hierarchical prototypes, rows aligned with

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hierclr.losses.label_pairs import full_precision, no_autocast
+
 __all__ = ["adaptive_weights", "aggregate_features", "hcal_level_losses", "hcal_loss"]
 
 
@@ -117,7 +119,8 @@ def hcal_level_losses(
             The aggregation chain always uses the un-normalised means.
 
     Returns:
-        ``L`` scalar losses, level 0 first. Half-precision inputs are computed in float32.
+        ``L`` scalar losses, level 0 first, computed in float32 (half-precision inputs upcast) with autocast
+        disabled, so an AMP step gets fp32 logits.
 
     Raises:
         ValueError: shapes that do not match, ``temperature <= 0``, a label ``>= C_l``, or labels that are not
@@ -132,11 +135,12 @@ def hcal_level_losses(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     labels = labels.long()
     losses = []
-    feats = feats0
-    for level in range(num_levels):
-        if level > 0 and aggregate:
-            feats = aggregate_features(feats, labels[:, level - 1], labels[:, level])
-        losses.append(_prototype_nce(feats, labels[:, level], prototypes[level], temperature, renormalize, level))
+    with no_autocast(feats0):  # under AMP the logits would come out bf16: the loss runs in fp32, as the others
+        feats = full_precision(feats0)
+        for level in range(num_levels):
+            if level > 0 and aggregate:
+                feats = aggregate_features(feats, labels[:, level - 1], labels[:, level])
+            losses.append(_prototype_nce(feats, labels[:, level], prototypes[level], temperature, renormalize, level))
     return losses
 
 

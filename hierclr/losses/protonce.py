@@ -1,4 +1,4 @@
-"""Prototypical contrast: PCL's ProtoNCE (HCSC Eq. 2), the baseline PCSC builds on."""
+"""Prototypical contrast: PCL's ProtoNCE (HCSC Eq. 2), the baseline PCSC builds on, and the logits PCSC shares."""
 from __future__ import annotations
 
 import torch
@@ -56,14 +56,18 @@ def proto_nce_loss(
     num_negatives: int | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict]:
-    """PCL's ProtoNCE prototype term, averaged over the clusterings (levels) of ``prototypes``.
+    """PCL's ProtoNCE prototype term (PCL Eq. 11, as ``pcl/builder.py`` computes it), averaged over levels.
 
-    For each level: positive = the sample's assigned prototype; negatives = prototypes that are no
-    sample's positive, a uniform random subset of ``num_negatives`` of them when given (PCL samples
-    ``r`` negatives); every logit is divided by its prototype's phi (Eq. 2). PCL v2's full loss is
-    ``info_nce + proto_nce_loss`` (see :class:`~hierclr.losses.objective.PCLObjective`).
+    Per level the candidates are the positive prototype of **every** sample in the batch, one column per
+    sample in batch order, followed by the prototypes that are no sample's positive (a uniform random
+    subset of ``num_negatives`` of them when given: PCL samples ``r``); the label of sample ``i`` is
+    column ``i``. So another sample's positive is a negative of sample ``i`` (twice its own positive's
+    logit when they share a prototype), unlike HCSC's rule (:func:`~hierclr.losses.hcsc.pcsc_loss`),
+    which removes every batch positive from the negatives. Every logit is divided by its prototype's
+    phi. PCL v2's full loss is ``info_nce + proto_nce_loss`` (:class:`~hierclr.losses.objective.PCLObjective`).
     """
     losses, used = [], []
+    target = torch.arange(q.shape[0], device=q.device)
     for level in range(prototypes.num_levels):
         C, phi = prototypes.centroids[level], prototypes.phi[level]
         pos = prototypes.assignments[ids, level]
@@ -75,6 +79,8 @@ def proto_nce_loss(
             keep[score.topk(min(num_negatives, C.shape[0])).indices] = True
             cand = cand & keep
         used.append(cand)
-        losses.append(cross_entropy_first(prototype_logits(q, C, phi, pos, cand)))
+        batch_pos = (q @ C[pos].T) / phi[pos][None, :]  # (B, B): column j = sample j's positive
+        neg = (q @ C.T / phi[None, :]).masked_fill(~cand[None, :], float("-inf"))  # absent columns: -inf
+        losses.append(F.cross_entropy(torch.cat([batch_pos, neg], dim=1), target))
     level_losses = torch.stack(losses)
     return level_losses.mean(), {"level_losses": level_losses.detach(), "candidates": used}

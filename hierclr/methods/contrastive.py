@@ -33,6 +33,7 @@ import torch
 from hierclr.config.pretrain import PretrainConfig
 from hierclr.data.streams import eval_batches
 from hierclr.eval.knn import knn_accuracy_from_topk, knn_topk, merge_topk
+from hierclr.eval.precision import FeaturePrecision, autocast_dtype, feature_dtype
 from hierclr.eval.selection_quality import SelectionCounter, selection_metrics
 from hierclr.io.fs import resolve
 from hierclr.losses import HCSCObjective, PCLObjective
@@ -40,6 +41,7 @@ from hierclr.methods.base import Method, Plan, Prepared, eval_due
 from hierclr.methods.contrastive_step import embed_pass, hcsc_train_step
 from hierclr.methods.key_bank import KeyBank
 from hierclr.models import MoCo
+from hierclr.models.buffers import broadcast_buffers
 from hierclr.runtime.artifacts import log_hierarchy
 from hierclr.runtime.metrics import gather_objects, sum_over_ranks
 
@@ -63,6 +65,11 @@ def uses_prototypes(cfg: PretrainConfig, epoch: int) -> bool:
     return cfg.uses_clustering and epoch >= cfg.loss.warmup_epochs
 
 
+def ami_due(cfg: PretrainConfig, epoch: int) -> bool:
+    """Whether an E-step epoch logs the prototype-label AMI: every ``eval.ami_every`` E-steps and the last epoch."""
+    return (epoch - cfg.loss.warmup_epochs) % cfg.eval.ami_every == 0 or epoch == cfg.optim.epochs - 1
+
+
 def selection_counter(cfg: PretrainConfig, protos, fine_by_id: torch.Tensor | None) -> SelectionCounter | None:
     """A counter of this epoch's ICSC masks against the labels (paper Fig. 5), or None where the epoch draws no
     ICSC mask (warm-up, MoCo / PCL, instance loss or selection off) or the training split has no labels."""
@@ -79,12 +86,24 @@ def build_model(cfg: PretrainConfig) -> MoCo:
                 cifar_stem=m.cifar_stem)
 
 
-def distributed_knn(train: dict, val: dict, *, ks, num_classes: int, temperature: float) -> dict[str, float]:
-    """kNN top-1 with the train features sharded over the ranks: val features are all-gathered, each rank
-    takes the top-k of every val row within its shard, rank 0 merges the shards' lists and votes.
-    Returns the accuracies on every rank (rank 0's are the ones reported)."""
+def sync_embedding_buffers(model, mode: str) -> None:
+    """``model.embed_buffers``: with ``rank0`` every rank takes rank 0's BatchNorm statistics of both encoders
+    before an embedding pass, so all ranks embed with the same network, as the official code (DDP with
+    ``broadcast_buffers=True``); ``per_rank`` leaves each rank's own. A collective under DDP (every rank calls
+    it); the queue is not touched."""
+    if mode == "rank0":
+        core = model.module if hasattr(model, "module") else model
+        broadcast_buffers(core.encoder_q)
+        broadcast_buffers(core.encoder_k)
+
+
+def distributed_knn(train: dict, val: dict, *, ks, num_classes: int, temperature: float,
+                    precision: FeaturePrecision = "fp32") -> dict[str, float]:
+    """kNN top-1 with the train features sharded over the ranks: val features are all-gathered (in
+    ``precision``: fp32 by default), each rank takes the top-k of every val row within its shard, rank 0
+    merges the shards' lists and votes. Returns the accuracies on every rank (rank 0's are the ones reported)."""
     keep = val["labels"] >= 0
-    vals = gather_objects((val["backbone"][keep].half(), val["labels"][keep]))
+    vals = gather_objects((val["backbone"][keep].to(feature_dtype(precision)), val["labels"][keep]))
     val_f = torch.cat([v[0] for v in vals]).float()
     val_y = torch.cat([v[1] for v in vals])
     tkeep = train["labels"] >= 0
@@ -112,7 +131,9 @@ def gather_labels(ids: torch.Tensor, labels: torch.Tensor, num_rows: int, level_
 class Contrastive(Method):
     """HCSC / MoCo v2 / PCL v2 in the epoch loop."""
 
-    ddp_kwargs = {"broadcast_buffers": False}  # noqa: RUF012  the official code keeps each rank's BN buffers
+    # Training steps keep each rank's BN buffers (no broadcast per step); embedding passes take rank 0's first
+    # (model.embed_buffers, as the official code's DDP forward does)
+    ddp_kwargs = {"broadcast_buffers": False}  # noqa: RUF012
     select_metric = "knn/top1_best"
 
     def __init__(self, cfg: PretrainConfig, run, env, tracker=None) -> None:
@@ -155,10 +176,11 @@ class Contrastive(Method):
         ev = self.cfg.data.transform_config().eval
         return eval_batches(iterator, ev.mean, ev.std, self.env.per_worker_batch)
 
-    def _embed(self, model, iterator, *, head: bool, backbone: bool) -> dict:
+    def _embed(self, model, iterator, *, head: bool, backbone: bool, amp_dtype: torch.dtype | None = None) -> dict:
         env = self.env
+        sync_embedding_buffers(model, self.cfg.model.embed_buffers)
         return embed_pass(model, self._batches(iterator), head=head, backbone=backbone, device=env.device,
-                          channels_last=env.channels_last, amp_dtype=env.amp_dtype)
+                          channels_last=env.channels_last, amp_dtype=amp_dtype)
 
     def before_epoch(self, model, epoch: int, row: dict) -> None:
         """The E-step: embed, cluster (the service), prototypes on the device; AMI and hierarchy artifacts."""
@@ -171,7 +193,7 @@ class Contrastive(Method):
         t0 = time.perf_counter()
         embedded = None
         if need_e and (bank is None or not self.estep_done):
-            embedded = self._embed(model, self.embed_it, head=True, backbone=False)
+            embedded = self._embed(model, self.embed_it, head=True, backbone=False, amp_dtype=env.amp_dtype)
             if bank is not None:  # ids no step has trained on yet (all of them after a resume) take these features
                 for part_ids, part_feats in gather_objects((embedded["ids"], embedded["head"])):
                     bank.fill_missing(part_ids, part_feats)
@@ -200,7 +222,7 @@ class Contrastive(Method):
                     and embedded is not None:
                 self.labels_by_id = gather_labels(embedded["ids"], embedded["labels"], len(protos.assignments), lm)
                 self.fine_by_id = torch.as_tensor(self.labels_by_id[:, 0], device=env.device)
-            if cfg.eval.ami and lm is not None and env.rank == 0:  # paper Table 11, per epoch
+            if cfg.eval.ami and lm is not None and env.rank == 0 and ami_due(cfg, epoch):  # paper Table 11
                 from hierclr.eval.hierarchy_ami import prototype_label_ami
 
                 row.update(prototype_label_ami(protos.assignments.cpu().numpy(), self.labels_by_id,
@@ -239,10 +261,11 @@ class Contrastive(Method):
     def evaluate(self, model, epoch: int) -> dict[str, float]:
         """kNN monitor (Eq. 11) on the val split with the query encoder's backbone features."""
         cfg = self.cfg
-        train_feats = self._embed(model, self.embed_it, head=False, backbone=True)
-        val_feats = self._embed(model, self.val_it, head=False, backbone=True)
+        amp = autocast_dtype(cfg.eval.feature_precision, self.env.device.type)  # fp32 unless asked otherwise
+        train_feats = self._embed(model, self.embed_it, head=False, backbone=True, amp_dtype=amp)
+        val_feats = self._embed(model, self.val_it, head=False, backbone=True, amp_dtype=amp)
         return distributed_knn(train_feats, val_feats, ks=cfg.eval.ks, num_classes=self.run.num_classes,
-                               temperature=cfg.eval.temperature)
+                               temperature=cfg.eval.temperature, precision=cfg.eval.feature_precision)
 
     def checkpoint_extras(self) -> dict:
         return {"prototypes": self.protos.to("cpu") if self.protos is not None else None}
@@ -337,7 +360,7 @@ class ContrastivePlan(Plan):
 
         self.service = ClusteringService.start(
             f"hierclr-clustering-{name}", cfg.clustering, cfg.service, method=cfg.method,
-            pcl_sizes=cfg.pcl.num_clusters, num_rows=prepared.train_src.num_rows)
+            pcl_sizes=cfg.pcl.num_clusters, num_rows=prepared.train_src.num_rows, compat=cfg.compat)
         return {"service_name": self.service.name}
 
     def stop_services(self) -> None:

@@ -41,12 +41,14 @@ def build_network(cfg: SupervisedConfig, level_map: np.ndarray) -> nn.Module:
 
         net = build_hcal_network(cfg, level_sizes(level_map))
     else:
-        dim = None if cfg.loss.name == "ce" else m.dim  # CE never reads the embedding
+        dim = m.dim if cfg.loss.uses_projection else None  # CE and paper-form CLCE read no projection head
         net = SupervisedNet(m.backbone, level_sizes(level_map)[0], dim=dim, hidden_dim=m.hidden_dim,
                             cifar_stem=m.cifar_stem)
         if m.classifier_init_std is not None:
             nn.init.normal_(net.classifier.weight, 0.0, m.classifier_init_std)
             nn.init.zeros_(net.classifier.bias)
+    if m.sync_bn:  # before DDP wraps it; in eval mode (the linear protocol's frozen trunk) it is plain BN
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if m.freeze_backbone:  # before DDP wraps the network: DDP must not wait for the trunk's gradients
         net.backbone.requires_grad_(False)
     return net
@@ -233,11 +235,15 @@ class SupervisedPlan(Plan):
         return train_src.level_map()
 
     def _subset_ids(self, train_src) -> np.ndarray:
-        """The dataset ids of ``subset``: from ``ids_file``, or a seeded per-class fraction of the labels (read
-        once)."""
+        """The dataset ids of ``subset``: the files of ``file_list``, the ids of ``ids_file``, or a seeded per-class
+        fraction of the labels (read once)."""
         from hierclr.eval.subsets import per_class_subset
 
         sub = self.cfg.subset
+        if sub.file_list is not None:
+            from hierclr.data.keys import listed_ids
+
+            return listed_ids(train_src, sub.file_list)
         if sub.ids_file is not None:
             loc = resolve(sub.ids_file)
             if not loc.exists():

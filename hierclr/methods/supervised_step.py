@@ -3,8 +3,10 @@
 Every augmented view is a training sample: a batch of B images with V views gives V*B rows, ``labels``
 repeated per view, so the contrastive losses see the other views of an image as positives (SupCon's
 multi-view batch). Under DDP the contrastive losses read the global batch: every rank all-gathers the
-embeddings (others' detached, its own with gradient) and scales its loss by the world size, so that DDP's
-gradient average is the gradient of the global loss (the SimCLR / SupCon recipe).
+embeddings (others' detached, its own with gradient), as the official VarCon code does. ``loss.ddp_scale``:
+``official`` (default) leaves each rank's loss unscaled, as that code does, so DDP's gradient average is
+1/world of the global loss's gradient; ``world_size`` multiplies it by the world size, so the average is the
+global loss's exact gradient (the SimCLR recipe; at the same lr a step is world x the official one).
 """
 from __future__ import annotations
 
@@ -45,13 +47,14 @@ def finetune_loss(model: nn.Module, cfg: SupervisedConfig, x: Tensor, labels: Te
     """``x`` (N, 3, H, W) all views, ``labels`` (N,) fine labels -> (loss to backpropagate, metrics)."""
     lc = cfg.loss
     out = model(x, probe_only=lc.name in ("supcon", "varcon"))
+    scale = ddp_loss_scale(cfg)
     ce = F.cross_entropy(out.logits.float(), labels, label_smoothing=lc.label_smoothing)
     metrics = {"loss/ce": ce.detach(), "train/acc": (out.logits.argmax(1) == labels).float().mean()}
     if lc.name == "ce":
         loss = ce
     else:
-        z, y = gather_with_grad(out.z, labels)
-        scale = _world()
+        emb = F.normalize(out.features, dim=1) if lc.name == "clce" and lc.clce_features == "encoder" else out.z
+        z, y = gather_with_grad(emb, labels)
         if lc.name == "supcon":
             con, parts = supcon_loss(z, y, temperature=lc.contrastive_temperature(), return_parts=True)
             loss = con * scale + ce  # ce: the online probe (detached trunk features)
@@ -60,15 +63,21 @@ def finetune_loss(model: nn.Module, cfg: SupervisedConfig, x: Tensor, labels: Te
             con, parts = varcon_loss(z, y, tau1=lc.tau1, epsilon=lc.epsilon, return_parts=True)
             loss = con * scale + ce
             metrics["loss/varcon"] = con.detach()
-        else:  # clce (Eq. 1, as clce_loss): (1 - lam) CE + lam LACLN, CE on this rank's rows, LACLN global
+        else:  # clce (Eq. 1, as clce_loss): (1 - lam) CE + lam LACLN, CE on this rank's rows, LACLN global;
+            # LACLN on the L2-normalised encoder output (paper Sec. 3.3) or the projection (clce_features)
             lacln, parts = lacln_loss(z, y, temperature=lc.contrastive_temperature(), form=lc.form,
                                       return_parts=True)
             loss = (1 - lc.lam) * ce + lc.lam * lacln * scale
             metrics["loss/lacln"] = lacln.detach()
         metrics.update({f"loss/{k}" if k in ("kl", "nll") else f"train/{k}": v.detach().float()
                         for k, v in parts.items() if k not in ("ce", "lacln")})
-    metrics["loss/total"] = loss.detach() / (_world() if lc.name != "ce" else 1)
+    metrics["loss/total"] = loss.detach() / (scale if lc.name != "ce" else 1)
     return loss, metrics
+
+
+def ddp_loss_scale(cfg: SupervisedConfig) -> int:
+    """The factor on each rank's contrastive loss of the all-gathered batch (``loss.ddp_scale``; module docstring)."""
+    return _world() if cfg.loss.ddp_scale == "world_size" else 1
 
 
 def hcal_step_loss(model: nn.Module, cfg: SupervisedConfig, x: Tensor, labels: Tensor,

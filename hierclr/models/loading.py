@@ -9,12 +9,12 @@ Five sources load into the same :func:`hierclr.models.backbones.build_backbone` 
 * a torchvision ResNet state dict (``conv1.weight`` ... ``fc.weight``; the 1000-way ``fc`` is dropped);
 * an official HCSC / PCL / MoCo checkpoint (``{"state_dict": {"module.encoder_q.conv1.weight", ...,
   "module.encoder_q.fc.0.weight", ...}}``): the trunk from ``encoder_q``, its ``fc`` MLP is the head;
-* an MLflow run of hierclr: ``mlflow:<run_id>`` (its ``encoder_best`` model, else ``encoder_last``),
+* an MLflow run of hierclr: ``mlflow:<run_id>`` (its ``encoder_last`` model, else ``encoder_best``),
   ``mlflow:<run_id>/<model name>``, ``runs:/<run_id>/<model name>`` or a logged model's ``models:/<model_id>``.
   The encoders :meth:`hierclr.runtime.tracking.Tracker.log_encoder` logs are the bare trunk, so the loaded
   model's ``state_dict()`` has torchvision names (kind ``mlflow-model``). A run without a loadable model falls
-  back to the checkpoints of its ``hierclr.run_dir`` tag (``best_encoder.pt`` / ``best_model.pt`` for the best
-  encoder, else the newest checkpoint). The store is ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
+  back to the checkpoints of its ``hierclr.run_dir`` tag (the newest checkpoint; ``best_encoder.pt`` /
+  ``best_model.pt`` for ``<run_id>/encoder_best``). The store is ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
   ``sqlite:///mlflow.db`` in the working directory.
 
 The trunk is loaded strictly: a missing or unexpected key raises :class:`CheckpointMismatchError` naming
@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 MLFLOW_PREFIXES = ("mlflow:", "runs:/", "models:/")
 RUN_DIR_TAG = "hierclr.run_dir"
-_MODEL_NAMES = ("encoder_best", "encoder_last")  # tried in this order for `mlflow:<run_id>`
+# tried in this order for `mlflow:<run_id>`: the last encoder, as the papers report (encoder_best is chosen by kNN
+# on the val split, which the CIFAR presets set to the test split)
+_MODEL_NAMES = ("encoder_last", "encoder_best")
 
 
 class CheckpointMismatchError(ValueError):
@@ -275,14 +277,18 @@ def _run_dir_weights(run_dir: str, names: tuple[str, ...]) -> tuple[dict[str, to
     from hierclr.io.fs import resolve
 
     loc = resolve(run_dir)
-    candidates = []
-    if "encoder_best" in names:
-        candidates += [loc.join("best_encoder.pt"), loc.join("best_model.pt")]
-    for c in candidates:
-        if c.is_file():
-            return _flatten(_torch_load(c.read_bytes(), c.uri)), c.uri
+    best = [loc.join("best_encoder.pt"), loc.join("best_model.pt")] if "encoder_best" in names else []
+
+    def best_file():
+        for c in best:
+            if c.is_file():
+                return _flatten(_torch_load(c.read_bytes(), c.uri)), c.uri
+        return None
+
+    if names[0] == "encoder_best" and (found := best_file()) is not None:
+        return found
     try:
-        return read_weights(run_dir), run_dir
+        return read_weights(run_dir), run_dir  # the newest checkpoint: the last encoder
     except (ValueError, FileNotFoundError) as err:
         log.warning("MLflow fallback to %s failed: %s", run_dir, err)
-        return None
+    return best_file()

@@ -52,6 +52,7 @@ def feature_loop(loop_config: dict) -> None:
 
     from hierclr.data.streams import eval_batches
     from hierclr.data.transforms import TransformConfig
+    from hierclr.eval.precision import autocast_dtype
     from hierclr.models.backbones import build_backbone
 
     ctx = ray.train.get_context()
@@ -62,7 +63,7 @@ def feature_loop(loop_config: dict) -> None:
     trunk.load_state_dict(ray.get(loop_config["weights"]))
     trunk = trunk.to(device).eval()
     ev = TransformConfig.model_validate(loop_config["transforms"]).eval
-    amp = torch.bfloat16 if (loop_config["amp"] and device.type == "cuda") else None
+    amp = autocast_dtype(loop_config["precision"], device.type)
     rows = 0
     with tempfile.TemporaryDirectory(prefix="hierclr-feats-") as tmp:
         for split in loop_config["splits"]:
@@ -114,7 +115,7 @@ def extract_features(cfg: EvaluateConfig, weights: dict, feature_dim: int, sourc
         train_loop_config={"weights": ray.put(weights), "backbone": cfg.model.backbone,
                            "cifar_stem": cfg.model.cifar_stem, "transforms": cfg.data.transform_config().model_dump(),
                            "batch_size": 256, "splits": list(sources), "feature_dim": feature_dim,
-                           "cpus": res.cpus_per_worker, "amp": res.use_gpu},
+                           "cpus": res.cpus_per_worker, "precision": cfg.feature_precision},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         datasets={split: s.dataset for split, s in streams.items()},
         dataset_config=train_data_config(tuple(sources)),
@@ -143,6 +144,15 @@ def _source_context(source: str) -> tuple[str | None, object | None]:
     except (ValueError, FileNotFoundError):
         return None, None
     return state.mlflow_run_id, state.prototypes
+
+
+def _prototype_rows(prototypes, train_src, ids: np.ndarray) -> np.ndarray | None:
+    """The prototype assignments ``(len(ids), L)`` of these dataset ids, or None when the prototypes were not
+    computed on this split (their row count is not the split's)."""
+    if prototypes is None:
+        return None
+    a = prototypes.assignments.cpu().numpy()
+    return a[ids] if len(a) == train_src.num_rows else None
 
 
 def _tracking_under(cfg: EvaluateConfig, parent: str | None):
@@ -207,7 +217,12 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     from hierclr.clustering.settings import KMeansSettings
     from hierclr.config.loader import flatten
     from hierclr.data import open_source
-    from hierclr.eval.protocols import clustering_protocol, hierarchy_protocol, knn_protocol
+    from hierclr.eval.protocols import (
+        clustering_protocol,
+        hierarchy_protocol,
+        knn_protocol,
+        prototype_clustering_protocol,
+    )
     from hierclr.io.atomic import write_atomic
     from hierclr.models.backbones import build_backbone
     from hierclr.models.loading import load_backbone
@@ -247,8 +262,10 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     feats = None
     status = "FAILED"
     try:
-        need = {"knn": ("train", "val"), "clustering": (cfg.clustering.split,), "hierarchy": ("train",),
-                "semi": ("train",)}
+        cm = cfg.clustering.methods
+        need = {"knn": ("train", "val"), "hierarchy": ("train",), "semi": () if cfg.semi.subset_files else ("train",),
+                "clustering": ((cfg.clustering.split,) if "kmeans" in cm else ())
+                + (("train",) if "prototypes" in cm and prototypes is not None else ())}
         splits = sorted({s for p in cfg.protocols for s in need.get(p, ())} | ({"val"} if cfg.plot != "none" else set()))
         if splits:
             t0 = time.perf_counter()
@@ -261,7 +278,15 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
                                         va["feats"][va["labels"] >= 0], va["labels"][va["labels"] >= 0],
                                         ks=cfg.knn.ks, temperature=cfg.knn.temperature, num_classes=num_classes,
                                         backend=cfg.knn.backend, chunk_size=cfg.knn.chunk_size))
-        if "clustering" in cfg.protocols:
+        if "clustering" in cfg.protocols and "prototypes" in cm:  # the paper's (Table 4)
+            s = feats["train"] if prototypes is not None else None
+            assigns = _prototype_rows(prototypes, train_src, s["ids"]) if s is not None else None
+            if assigns is None:
+                echo("clustering: prototypes (the paper's protocol) skipped: the source has no prototypes computed "
+                     f"on {cfg.data.train}")
+            else:
+                results.update(prototype_clustering_protocol(assigns, s["labels"], cfg.clustering.prototype_levels))
+        if "clustering" in cfg.protocols and "kmeans" in cm:  # the HIRL script's
             s = feats[cfg.clustering.split]
             keep = s["labels"] >= 0
             ks = cfg.clustering.ks or (num_classes, num_classes * cfg.clustering.overcluster)
@@ -274,16 +299,14 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
             by_level = level_map[s["labels"][keep]]
             assigns = None
             if cfg.hierarchy.prototypes and prototypes is not None:
-                a = prototypes.assignments.cpu().numpy()
-                if len(a) == train_src.num_rows:  # computed on this split: rows are dataset ids
-                    assigns = a[s["ids"][keep]]
+                assigns = _prototype_rows(prototypes, train_src, s["ids"][keep])
             results.update(hierarchy_protocol(s["feats"][keep], by_level, prototype_assignments=assigns,
                                               seed=cfg.seed, max_samples=cfg.hierarchy.max_samples))
         for which in ("linear", "semi"):
             if which not in cfg.protocols:
                 continue
             runs = [(which, [])] if which == "linear" else [
-                (f"semi{f:g}", _subset_sets(f, feats, cfg, out)) for f in cfg.semi.fractions]
+                (f"semi{f:g}", _subset_sets(i, feats, cfg, out)) for i, f in enumerate(cfg.semi.fractions)]
             for label, extra in runs:
                 link = TrackingLink(parent_run_id=tracker.run_id, run_name=f"{cfg.name} {label}",
                                     tags={"hierclr.protocol": label})
@@ -313,20 +336,25 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
                           mlflow_run_id=run_id, parent_run_id=parent)
 
 
-def _subset_sets(fraction: float, feats, cfg: EvaluateConfig, out: Path) -> list[str]:
-    """``subset.*`` overrides for a semi-supervised run: the ids of a seeded per-class fraction (from the feature
-    pass's labels, written to ``subset_<f>.npy``)."""
+def _subset_sets(index: int, feats, cfg: EvaluateConfig, out: Path) -> list[str]:
+    """``subset.*`` overrides for the semi-supervised run of ``semi.fractions[index]``: its file list
+    (``semi.subset_files``, the standard ImageNet subsets) when given, else the ids of a seeded per-class
+    fraction (from the feature pass's labels, written to ``subset_<f>.npy``)."""
     from hierclr.eval.subsets import per_class_subset
 
+    fraction = cfg.semi.fractions[index]
+    if cfg.semi.subset_files:
+        return [f"subset.file_list={cfg.semi.subset_files[index]}", "subset.fraction=null", "subset.ids_file=null"]
     if feats is None or "train" not in feats:
-        return [f"subset.fraction={fraction}", "subset.ids_file=null", f"subset.seed={cfg.seed}"]
+        return [f"subset.fraction={fraction}", "subset.ids_file=null", "subset.file_list=null",
+                f"subset.seed={cfg.seed}"]
     tr = feats["train"]
     ids = per_class_subset(tr["ids"], tr["labels"], fraction, seed=cfg.seed)
     path = out / f"subset_{fraction:g}.npy"
     buf = io.BytesIO()
     np.save(buf, ids)
     path.write_bytes(buf.getvalue())
-    return [f"subset.ids_file={path}", "subset.fraction=null"]
+    return [f"subset.ids_file={path}", "subset.fraction=null", "subset.file_list=null"]
 
 
 def _log_embedding_plot(tracker, val: dict, level_map: np.ndarray, source, cfg: EvaluateConfig, out: Path) -> None:

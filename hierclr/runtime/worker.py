@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hierclr.data.streams import finish_views
+from hierclr.data.streams import finish_views, train_batch_kwargs
 from hierclr.data.transforms import MultiViewAugment
 from hierclr.io.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hierclr.runtime.artifacts import log_curves
@@ -121,7 +121,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         method.train_mode(core)
         t_train = time.perf_counter()
         steps = 0
-        for batch in train_it.iter_torch_batches(batch_size=env.per_worker_batch, drop_last=True, device="cpu"):
+        shuffle = train_batch_kwargs(cfg.data.shuffle_buffer, cfg.seed, epoch, rank)  # batches mix decode slices
+        for batch in train_it.iter_torch_batches(batch_size=env.per_worker_batch, drop_last=True, device="cpu",
+                                                 **shuffle):
             views = finish_views(batch, transforms, augment_on=cfg.data.augment_on, device=device, seed=cfg.seed,
                                  epoch=epoch, num_views=num_views)
             if env.channels_last:

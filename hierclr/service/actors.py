@@ -2,7 +2,9 @@
 distributed Lloyd K-means (:class:`ActorShards`); :class:`ClusteringJob` is what every actor needs to know."""
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -15,13 +17,15 @@ from torch import Tensor
 from hierclr.clustering.distributed import PartialSums, expand_to_ids
 from hierclr.clustering.flat import flat_multi_kmeans, flat_prototypes
 from hierclr.clustering.hierarchical import build_hierarchy, hierarchical_kmeans
-from hierclr.clustering.kmeans import KMeansResult, lloyd_partial_sums, nearest_centroid
+from hierclr.clustering.kmeans import KMeansResult, lloyd_partial_sums, nearest_centroid, non_faiss_reason
 from hierclr.clustering.prototypes import Prototypes
 from hierclr.config.clustering import ClusteringConfig
 from hierclr.runtime.faults import trigger
 from hierclr.service.stats import LevelStats, level_stats
 
 ClusteringMethod = Literal["hcsc", "pcl"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,20 @@ class ClusteringJob:
     method: ClusteringMethod
     pcl_sizes: tuple[int, ...]
     num_rows: int
+    compat: Literal["official", "paper"] = "official"
+
+
+def warn_if_not_official(job: ClusteringJob, settings: ClusteringConfig, *, distributed: bool) -> str | None:
+    """``compat: official`` promises the official code's K-means (faiss): warn, once per call, when these
+    settings will run something else; returns the warning's text (``None``: no warning)."""
+    reason = non_faiss_reason(settings, distributed=distributed) if job.compat == "official" else None
+    if reason is None:
+        return None
+    text = (f"compat: official, but {reason}: the prototypes are not faiss's (empty-cluster splits, seeding and "
+            "subsampling differ); set clustering.backend=faiss and service.num_actors=1 for the official E-step")
+    warnings.warn(text, UserWarning, stacklevel=2)
+    log.warning(text)
+    return text
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,7 @@ class KMeansActor:
         self.index = index
         self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
         self.release()
+        self._backend_checked = False
 
     # -- housekeeping
     def ping(self) -> int:
@@ -138,7 +157,7 @@ class KMeansActor:
         self._fault_point("cluster")
         order = np.argsort(self._positions)
         x, ids = self._x[torch.from_numpy(order).to(self.device)], self._ids[order]
-        settings = self._settings(job)
+        settings = self._settings(job, distributed=False)
         if job.method == "pcl":
             protos = flat_multi_kmeans(x, job.pcl_sizes, settings, epoch=epoch)
         else:
@@ -152,14 +171,21 @@ class KMeansActor:
         """Prototypes from distributed level-0 results: the tree above (hcsc) or the flat pack (pcl)."""
         self._fault_point("build")
         if job.method == "pcl":
+            self._settings(job, distributed=True)  # the warning only: flat prototypes need no more K-means
             protos = flat_prototypes(level0, job.clustering, epoch=epoch)
         else:
-            protos = build_hierarchy(level0[0], job.clustering.sizes, self._settings(job), epoch=epoch)
+            protos = build_hierarchy(level0[0], job.clustering.sizes, self._settings(job, distributed=True),
+                                     epoch=epoch)
         return self._finish(protos, ids, job.num_rows)
 
-    def _settings(self, job: ClusteringJob) -> ClusteringConfig:
-        """The job's clustering settings, whole, on this actor's device."""
-        return job.clustering.model_copy(update={"device": str(self.device)})
+    def _settings(self, job: ClusteringJob, *, distributed: bool) -> ClusteringConfig:
+        """The job's clustering settings, whole, on this actor's device; the first call warns when ``compat:
+        official`` will not get faiss's K-means."""
+        settings = job.clustering.model_copy(update={"device": str(self.device)})
+        if not self._backend_checked:
+            self._backend_checked = True
+            warn_if_not_official(job, settings, distributed=distributed)
+        return settings
 
     def _finish(self, protos: Prototypes, ids: np.ndarray, num_rows: int):
         protos = expand_to_ids(protos.to("cpu"), ids, num_rows)  # CPU: any worker can deserialize it

@@ -48,8 +48,9 @@ def test_evaluate_every_protocol_nested_under_the_pretraining_run(ray_session, t
         f"semi.set={short}", "semi.fractions=[0.5]", "plot_points=200"])
     result = run_evaluate(cfg, echo=lambda *a: None)
     r = result.results
-    for key in ("knn/top1_k5", "knn/top5_k5", "knn/top1_k10", "knn/top1_best", "clustering/k10/nmi",
-                "clustering/k10/ami", "clustering/k10/acc", "clustering/k30/acc", "hierarchy/kmeans_label0",
+    for key in ("knn/top1_k5", "knn/top5_k5", "knn/top1_k10", "knn/top1_best", "clustering/kmeans_k10/nmi",
+                "clustering/kmeans_k10/ami", "clustering/kmeans_k10/acc", "clustering/kmeans_k30/acc",
+                "clustering/prototypes_l0/ami", "clustering/prototypes_l1/acc", "hierarchy/kmeans_label0",
                 "hierarchy/kmeans_label1", "hierarchy/prototypes_label0", "hierarchy/prototypes_label1",
                 "linear/top1_best", "linear/top1_last", "linear/top5_best", "semi0.5/top1_best"):
         assert key in r, (key, sorted(r))
@@ -69,6 +70,21 @@ def test_evaluate_every_protocol_nested_under_the_pretraining_run(ray_session, t
         z = np.load(f)
         feats.update(dict(zip(z["ids"].tolist(), z["feats"])))
     assert sorted(feats) == list(range(359))  # every row once, over both workers
+    # the paper's clustering protocol (Table 4): the checkpoint's own prototypes against the labels, by id
+    from hierclr.eval.clustering_scores import clustering_scores
+    from hierclr.io.checkpoint import latest_checkpoint, load_checkpoint
+
+    labels = {}
+    for f in sorted(Path(result.output_dir, "features").rglob("train-rank*.npz")):
+        z = np.load(f)
+        labels.update(dict(zip(z["ids"].tolist(), z["labels"].tolist())))
+    ids = np.array(sorted(labels))
+    assign = load_checkpoint(latest_checkpoint(run_dir)).prototypes.assignments.numpy()
+    for level in (0, 1):
+        want = clustering_scores(np.array([labels[i] for i in ids]), assign[ids, level])
+        for m in ("nmi", "ami", "acc"):
+            assert r[f"clustering/prototypes_l{level}/{m}"] == pytest.approx(want[m], abs=1e-12), (level, m)
+    assert r["clustering/prototypes_l0/k"] == 12 and r["clustering/prototypes_l1/k"] == 4
     src = open_source(data_path(cfg.data.train, cfg))
     ev = cfg.data.transform_config().eval
     trunk = moco.encoder_q.backbone.eval()

@@ -50,16 +50,50 @@ def test_sharded_lloyd_equals_single_lloyd(rng):
             torch.testing.assert_close(new[j], members.mean(0), atol=1e-5, rtol=1e-5)
 
 
-def test_empty_cluster_is_split_from_the_largest():
-    x = torch.tensor([[0.0, 0], [0.1, 0], [0.2, 0], [5.0, 5.0]])
-    c = torch.tensor([[0.1, 0.0], [5.0, 5.0], [100.0, 100.0]])  # third centroid gets no member
+def faiss_split_reference(centroids, counts):
+    """faiss ``split_clusters`` (Clustering.cpp) in loops, with the largest cluster as the one to split."""
+    c = [list(map(float, row)) for row in centroids]
+    h = [float(n) for n in counts]
+    eps = 1 / 1024
+    for ci in range(len(c)):
+        if h[ci] == 0:
+            cj = max(range(len(c)), key=lambda j: (h[j], -j))  # the first largest
+            c[ci] = list(c[cj])
+            for j in range(len(c[ci])):
+                if j % 2 == 0:
+                    c[ci][j] *= 1 + eps
+                    c[cj][j] *= 1 - eps
+                else:
+                    c[ci][j] *= 1 - eps
+                    c[cj][j] *= 1 + eps
+            h[ci] = h[cj] / 2
+            h[cj] -= h[ci]
+    return c
+
+
+def test_empty_clusters_are_split_with_faiss_alternating_perturbation():
+    x = torch.tensor([[1.0, 2, 3, 4], [1.2, 2.1, 2.9, 4.2], [0.8, 1.9, 3.1, 3.8], [0.9, 2.0, 3.0, 4.1],
+                      [-5.0, -5, -5, -5], [-5.2, -5, -4.8, -5]])
+    c = torch.tensor([[1.0, 2, 3, 4], [-5.0, -5, -5, -5], [100.0, 100, 100, 100], [-100.0, 0, 0, 0]])
     sums, counts, _ = lloyd_partial_sums(x, c)
-    assert counts.tolist() == [3, 1, 0]
+    assert counts.tolist() == [4, 2, 0, 0]  # two empty clusters: split one after the other
     new, nsplit = update_centroids(sums, counts, c)
-    assert nsplit == 1
-    mean0 = x[:3].mean(0)
-    torch.testing.assert_close(new[2], mean0 * (1 + 1 / 1024))
-    torch.testing.assert_close(new[0], mean0 * (1 - 1 / 1024))
+    assert nsplit == 2
+    means = [x[:4].mean(0).tolist(), x[4:].mean(0).tolist(), [0.0] * 4, [0.0] * 4]
+    want = torch.tensor(faiss_split_reference(means, counts.tolist()))
+    torch.testing.assert_close(new, want.float())
+    assert not torch.allclose(new[2], x[:4].mean(0) * (1 + 1 / 1024))  # not a scaling of the whole vector
+
+
+def test_forced_split_matches_faiss_itself():
+    """Only one cluster has more than one member, so faiss's random choice of the cluster to split is forced."""
+    x = np.array([[1.0, 2, 3, 4], [1.2, 2.1, 2.9, 4.2], [0.8, 1.9, 3.1, 3.8], [-5, -5, -5, -5]], np.float32)
+    init = np.array([[1, 2, 3, 4], [-5, -5, -5, -5], [100, 100, 100, 100]], np.float32)
+    s = {"niter": 1, "nredo": 1, "min_points_per_centroid": 1}
+    a = kmeans(x, 3, KMeansSettings(backend="faiss", **s), init_centroids=init)
+    b = kmeans(x, 3, KMeansSettings(backend="torch", **s), init_centroids=init)
+    np.testing.assert_allclose(b.centroids, a.centroids, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(b.assignments, a.assignments)
 
 
 def test_nearest_centroid_matches_brute_force(rng):

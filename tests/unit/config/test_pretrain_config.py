@@ -10,7 +10,7 @@ from hierclr.config.loader import PRESET_DIR, apply_override, flatten, list_pres
 from hierclr.config.pretrain import PretrainConfig, load_config
 from hierclr.config.sections import OptimSection
 
-EXPECTED_PRESETS = {"demo", "cifar100-r18", "imagenet-r50-200ep", "imagenet-r50-multicrop"}
+EXPECTED_PRESETS = {"demo", "cifar100-r18", "imagenet-r50-200ep", "imagenet-r50-multicrop", "imagenet-r50-moco"}
 
 
 # ------------------------------------------------------------------------------------------- presets
@@ -59,6 +59,14 @@ def test_official_imagenet_preset_is_the_official_recipe():
     # official compat keeps the reference code's choices
     assert cfg.loss.negative_drop == "zero" and cfg.loss.instance_level_reduction == "sum"
     assert cfg.clustering.min_cluster_size == 0
+
+
+def test_moco_preset_is_moco_v2_with_its_queue():
+    cfg = load_config("imagenet-r50-moco")
+    assert cfg.method == "moco" and not cfg.uses_clustering
+    assert cfg.model.backbone == "resnet50" and cfg.model.queue_size == 65536 and cfg.model.momentum == 0.999
+    assert cfg.loss.temperature == 0.2 and cfg.optim.lr == pytest.approx(0.03) and cfg.optim.epochs == 200
+    assert cfg.optim.schedule == "cosine" and cfg.optim.batch_size == 256
 
 
 def test_multicrop_preset_inherits_from_its_base():

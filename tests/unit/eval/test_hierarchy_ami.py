@@ -136,3 +136,38 @@ def test_empty_and_bad_input(rng):
         prototype_label_ami(a, np.full((20, 1), -2))
     with pytest.raises(ValueError, match="integer"):
         prototype_label_ami(a.astype(float), np.zeros((20, 1), np.int64))
+
+
+def _many_clusters(rng, n, classes=200, per_class=3):
+    """Prototypes that split each class in ``per_class`` and a half of the rows assigned at random."""
+    y = rng.integers(0, classes, n)
+    a = y * per_class + rng.integers(0, per_class, n)
+    noise = rng.random(n) < 0.5
+    a[noise] = rng.integers(0, classes * per_class, int(noise.sum()))
+    return a, y
+
+
+def test_default_is_the_full_ami_even_past_50k_rows(rng):
+    """Issue 17 item 1: the reported AMI is over every row unless a subsample is asked for."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    a, y = _many_clusters(rng, 60_000)
+    got = prototype_label_ami(a, y)["ami/label0"]
+    assert got == adjusted_mutual_info_score(y, a)
+    assert got == prototype_label_ami(a, y, max_samples=None)["ami/label0"]
+
+
+def test_a_subsample_is_biased_low_not_just_noisy(rng):
+    """Why the subsample is opt-in: fewer rows per (cluster, class) cell shrink the AMI for every seed."""
+    a, y = _many_clusters(rng, 60_000)
+    full = prototype_label_ami(a, y)["ami/label0"]
+    subs = [prototype_label_ami(a, y, max_samples=5000, seed=s)["ami/label0"] for s in range(3)]
+    assert max(subs) < full - 0.05
+
+
+def test_configs_default_to_the_full_ami():
+    from hierclr.config.evaluate import HierarchyProtocol
+    from hierclr.config.pretrain import EvalSection
+
+    assert EvalSection().ami_max_samples is None
+    assert HierarchyProtocol().max_samples is None

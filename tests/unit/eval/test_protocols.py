@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from hierclr.clustering import KMeansSettings
-from hierclr.eval.protocols import clustering_protocol, hierarchy_protocol, knn_protocol
+from hierclr.eval.protocols import (
+    clustering_protocol,
+    hierarchy_protocol,
+    knn_protocol,
+    prototype_clustering_protocol,
+)
 
 
 def _knn_reference(train, ty, val, vy, k, t, c):
@@ -53,12 +58,47 @@ def test_clustering_protocol_on_separated_blobs():
     y = np.repeat(np.arange(4), 50)
     x = np.eye(8)[y] * 10 + rng.normal(scale=0.05, size=(200, 8))
     out = clustering_protocol(x, y, (4, 8), KMeansSettings(seed=0, backend="faiss"))
-    assert out["clustering/k4/acc"] == pytest.approx(1.0)
-    assert out["clustering/k4/nmi"] == pytest.approx(1.0)
-    assert out["clustering/k4/ami"] == pytest.approx(1.0)
-    assert out["clustering/k8/acc"] < 1.0 and out["clustering/k8/nmi"] > 0.7  # over-clustered: split blobs
+    assert out["clustering/kmeans_k4/acc"] == pytest.approx(1.0)
+    assert out["clustering/kmeans_k4/nmi"] == pytest.approx(1.0)
+    assert out["clustering/kmeans_k4/ami"] == pytest.approx(1.0)
+    assert out["clustering/kmeans_k8/acc"] < 1.0 and out["clustering/kmeans_k8/nmi"] > 0.7  # over-clustered: split blobs
     with pytest.raises(ValueError, match="exceeds"):
         clustering_protocol(x, y, (500,), KMeansSettings())
+
+
+def test_prototype_clustering_is_the_papers_protocol_on_the_models_own_assignments(rng):
+    """HCSC Table 4 / App. A: the checkpoint's prototypes of a level against the labels of the same rows, no
+    K-means; rows unassigned (-1) or unlabelled (-1) are left out per level."""
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+    y = rng.integers(0, 5, 300)
+    a0 = np.where(rng.random(300) < 0.7, y * 2 + rng.integers(0, 2, 300), rng.integers(0, 10, 300))
+    a = np.stack([a0, a0 // 2], 1)
+    a[:7] = -1
+    y[7:12] = -1
+    out = prototype_clustering_protocol(a, y)
+    keep = slice(12, None)
+    for level, k in ((0, 10), (1, 5)):
+        pre = f"clustering/prototypes_l{level}"
+        assert out[f"{pre}/ami"] == pytest.approx(adjusted_mutual_info_score(y[keep], a[keep, level]), abs=1e-12)
+        assert out[f"{pre}/nmi"] == pytest.approx(normalized_mutual_info_score(y[keep], a[keep, level]), abs=1e-12)
+        assert out[f"{pre}/k"] == k
+    # level 1 = the class of every level-0 prototype: Hungarian accuracy counted by hand
+    match = {c: c for c in range(5)}
+    assert out["clustering/prototypes_l1/acc"] == pytest.approx(np.mean([match[p] == t for p, t in
+                                                                         zip(a[keep, 1], y[keep])]))
+    assert set(prototype_clustering_protocol(a, y, levels=(1,))) == {f"clustering/prototypes_l1/{m}"
+                                                                     for m in ("nmi", "ami", "acc", "k")}
+    with pytest.raises(ValueError, match="level 2 out of range"):
+        prototype_clustering_protocol(a, y, levels=(2,))
+
+
+def test_clustering_methods_config():
+    from hierclr.config.evaluate import load_evaluate_config
+
+    assert load_evaluate_config(None, ["source=x"]).clustering.methods == ("prototypes", "kmeans")
+    with pytest.raises(ValueError, match="clustering.methods"):
+        load_evaluate_config(None, ["source=x", "clustering.methods=[kmeans,kmeans]"])
 
 
 def test_hierarchy_protocol_recovers_a_planted_two_level_hierarchy():

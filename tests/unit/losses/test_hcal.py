@@ -255,3 +255,21 @@ def test_bad_inputs_raise():
         hcal_level_losses(feats, batch_labels([0, 1, 2]), protos, temperature=0.0)
     with pytest.raises(ValueError, match=r"prototypes\[1\] must be"):
         hcal_level_losses(feats, batch_labels([0, 1, 2]), [protos[0], unit(3, 4, seed=1), protos[2]])
+
+
+def test_loss_leaves_autocast():
+    """Issue 17 item 10: under bf16 autocast (CPU autocast here, the same op lists as CUDA's for matmul) the
+    logits stay fp32, so the loss equals the fp32 one (it was ~1e-2 off with bf16 logits)."""
+    fine = [0, 1, 2, 3, 4, 5, 0, 2, 4, 1]
+    feats = unit(10, 16, seed=3).float()
+    protos = [unit(c, 16, seed=60 + l).float() for l, c in enumerate(SIZES)]
+    want = hcal_loss(feats, batch_labels(fine), protos, temperature=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = hcal_loss(feats, batch_labels(fine), protos, temperature=0.05)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    ref = ref_level_losses(feats.double().tolist(), batch_labels(fine).tolist(), [p.double().tolist() for p in protos],
+                           0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        levels = hcal_level_losses(feats, batch_labels(fine), protos, temperature=0.05)
+    assert [x.item() for x in levels] == pytest.approx(ref, rel=1e-5)

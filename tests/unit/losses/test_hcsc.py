@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from references import hcsc_reference as ref
 
 from hierclr.clustering import Prototypes, compose_assignments
-from hierclr.losses import icsc_loss, instance_keep_prob, pcsc_loss, proto_nce_loss, prototype_keep_prob
+from hierclr.losses import icsc_loss, instance_keep_prob, pcsc_loss, prototype_keep_prob
 
 
 def unit(*shape, seed):
@@ -111,26 +111,6 @@ def test_pcsc_when_every_prototype_is_a_positive():
     P = Prototypes(C, [], [torch.full((3,), 0.2, dtype=torch.float64)], torch.tensor([[0], [1], [2], [0]]))
     loss, _info = pcsc_loss(unit(4, 6, seed=1), P, torch.arange(4))
     assert loss.item() == pytest.approx(0.0, abs=1e-12)
-
-
-def test_proto_nce_matches_unselected_pcsc_and_subsamples_negatives():
-    P = make_protos()
-    q = unit(4, 6, seed=8)
-    ids = torch.tensor([0, 1, 2, 3])
-    full, _ = proto_nce_loss(q, P, ids)
-    off, _ = pcsc_loss(q, P, ids, selection=False)
-    assert full.item() == pytest.approx(off.item(), rel=1e-12)
-    # r = 2 sampled negatives per level: exactly 2 non-positive prototypes take part
-    sub, info = proto_nce_loss(q, P, ids, num_negatives=2, generator=torch.Generator().manual_seed(0))
-    want = 0.0
-    for l, cand in enumerate(info["candidates"]):
-        pos = P.assignments[ids, l]
-        chosen = cand.nonzero().flatten().tolist()
-        assert len(chosen) == min(2, P.sizes[l] - len(set(pos.tolist())))
-        assert not set(chosen) & set(pos.tolist())
-        mask = [[1 if j in chosen else 0 for j in range(P.sizes[l])]] * 4
-        want += ref.proto_nce_level(q.tolist(), P.centroids[l].tolist(), P.phi[l].tolist(), pos.tolist(), mask, "remove")
-    assert sub.item() == pytest.approx(want / 3, rel=1e-10)
 
 
 def test_mask_count_mismatch_is_an_error():

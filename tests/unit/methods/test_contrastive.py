@@ -239,3 +239,49 @@ def test_distributed_knn_empty_cases():
     assert distributed_knn(no_train, {"backbone": xv, "labels": yv}, ks=(3,), num_classes=3, temperature=0.1) == {}
     no_val = {"backbone": xv, "labels": torch.full_like(yv, -1)}
     assert distributed_knn({"backbone": xt, "labels": yt}, no_val, ks=(3,), num_classes=3, temperature=0.1) == {}
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                                  ("fp16", torch.float16)])
+def test_distributed_knn_ships_val_features_in_the_configured_precision(monkeypatch, precision, dtype):
+    """Issue 17 item 6: fp32 by default (it was fp16 with no setting)."""
+    from hierclr.methods import contrastive
+
+    seen = []
+    real = contrastive.knn_topk
+    monkeypatch.setattr(contrastive, "knn_topk", lambda xt, yt, xv, k: seen.append(xv) or real(xt, yt, xv, k))
+    g = torch.Generator().manual_seed(2)
+    xt, yt = torch.randn(30, 8, generator=g), torch.randint(0, 3, (30,), generator=g)
+    xv, yv = torch.randn(7, 8, generator=g) / 3, torch.randint(0, 3, (7,), generator=g)
+    kw = {"ks": (3,), "num_classes": 3, "temperature": 0.1}
+    if precision == "fp32":
+        distributed_knn({"backbone": xt, "labels": yt}, {"backbone": xv, "labels": yv}, **kw)  # the default
+    else:
+        distributed_knn({"backbone": xt, "labels": yt}, {"backbone": xv, "labels": yv}, precision=precision, **kw)
+    assert torch.equal(seen[0], xv.to(dtype).float())
+    assert precision != "fp32" or not torch.equal(seen[0], xv.half().float())
+
+
+def test_feature_precision_settings():
+    from hierclr.config.evaluate import load_evaluate_config
+    from hierclr.eval.precision import autocast_dtype, feature_dtype
+
+    assert load_config(None, []).eval.feature_precision == "fp32"
+    assert load_evaluate_config(None, ["source=x.pt"]).feature_precision == "fp32"
+    assert load_config(None, ["eval.feature_precision=bf16"]).eval.feature_precision == "bf16"
+    assert autocast_dtype("fp32", "cuda") is None and autocast_dtype("bf16", "cpu") is None
+    assert autocast_dtype("bf16", "cuda") is torch.bfloat16 and autocast_dtype("fp16", "cuda") is torch.float16
+    assert feature_dtype("fp32") is torch.float32
+    with pytest.raises(ValueError, match="feature precision must be one of"):
+        feature_dtype("int8")
+    with pytest.raises(Exception, match="feature_precision"):
+        load_config(None, ["eval.feature_precision=fp64"])
+
+
+def test_ami_due_every_n_e_steps_and_at_the_end():
+    from hierclr.methods.contrastive import ami_due
+
+    cfg = load_config(None, ["loss.warmup_epochs=2", "optim.epochs=12", "eval.ami_every=4"])
+    assert [e for e in range(2, 12) if ami_due(cfg, e)] == [2, 6, 10, 11]
+    assert all(ami_due(load_config(None, []), e) for e in range(200))
+    assert load_config("imagenet-r50-200ep").eval.ami_every == 10

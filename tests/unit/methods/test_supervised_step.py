@@ -1,23 +1,19 @@
-"""The supervised modes' pieces without Ray: config, schedule, parameter groups, the step losses, the global
-batch gather under a real 2-process gloo group, class-mean prototypes, evaluation readout."""
+"""The supervised modes' pieces without Ray: config, schedule, parameter groups, the step losses, class-mean
+prototypes, evaluation readout (the global batch gather under a real 2-process gloo group: test_two_ranks.py)."""
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from hierclr.config.supervised import list_supervised_presets, load_supervised_config
 from hierclr.losses.supcon import supcon_loss
-from hierclr.losses.varcon import varcon_loss
 from hierclr.methods.hcal import class_means
 from hierclr.methods.supervised import build_network, evaluate, lr_factor, param_groups
-from hierclr.methods.supervised_step import finetune_loss, gather_with_grad, hcal_step_loss
+from hierclr.methods.supervised_step import finetune_loss, hcal_step_loss
 
 LEVEL_MAP = np.array([[0, 0], [1, 0], [2, 1], [3, 1], [4, 2]])  # 5 classes -> 3 groups
 
@@ -29,8 +25,8 @@ def cfg_of(*sets: str, preset: str = "digits-finetune", task=None):
 # ---------------------------------------------------------------------------------------------- config
 def test_presets_validate_and_bad_values_name_the_field():
     names = list_supervised_presets()
-    assert {"digits-finetune", "digits-hcal", "cifar10-finetune", "cifar10-hcal", "imagenet-r50-finetune",
-            "imagenet-r50-hcal"} <= set(names)
+    assert {"digits-finetune", "digits-hcal", "cifar10-finetune", "cifar10-hcal", "cifar10-clce",
+            "imagenet-r50-finetune", "imagenet-r50-hcal"} <= set(names)
     for name in names:
         cfg = load_supervised_config(name)
         assert cfg.task in ("finetune", "hcal")
@@ -47,6 +43,10 @@ def test_presets_validate_and_bad_values_name_the_field():
     with pytest.raises(ValueError, match="task is 'hcal'"):
         load_supervised_config("digits-hcal", task="finetune")
     assert cfg_of("loss.name=clce").loss.contrastive_temperature() == 0.5
+    clce = load_supervised_config("cifar10-clce")  # the CLCE fine-tuning preset: the paper's tau, lambda, features
+    assert (clce.loss.name, clce.loss.temperature, clce.loss.lam, clce.loss.clce_features) == ("clce", 0.5, 0.9,
+                                                                                              "encoder")
+    assert clce.optim.batch_size <= 128 and clce.optim.lr <= 0.01
     assert cfg_of("loss.name=supcon").loss.contrastive_temperature() == 0.1
 
 
@@ -124,43 +124,29 @@ def test_finetune_ce_has_no_projection_head_and_clce_mixes_terms():
     assert loss.item() == pytest.approx(0.1 * metrics["loss/ce"].item() + 0.9 * metrics["loss/lacln"].item(), rel=1e-5)
 
 
-def _worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor, out: str, loss_name: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(x.shape[1], 6)
-    part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
-    z, yy = gather_with_grad(F.normalize(lin(x[part]), dim=1), y[part])
-    loss = (supcon_loss(z, yy) if loss_name == "supcon" else varcon_loss(z, yy)) * world
-    loss.backward()
-    for p in lin.parameters():  # what DDP does: average the ranks' gradients
-        dist.all_reduce(p.grad)
-        p.grad /= world
-    if rank == 0:
-        torch.save({"loss": loss.detach() / world, "grads": [p.grad for p in lin.parameters()]}, out)
-    dist.destroy_process_group()
+def test_clce_reads_the_normalised_encoder_output_by_default():
+    """CLCE paper Sec. 3.3: LACLN on the L2-normalised encoder output, CE on the linear head; no projection."""
+    from hierclr.losses.clce import lacln_loss
 
-
-@pytest.mark.parametrize("loss_name", ["supcon", "varcon"])
-def test_global_batch_gather_gives_the_gradient_of_the_global_loss(tmp_path, loss_name):
-    """Two gloo ranks, each with half the batch, others' rows detached and the loss scaled by the world size:
-    after DDP's gradient average the gradient equals the single-process gradient of the whole batch's loss."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(12, 5, generator=g)
-    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 3, 0])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, port, x, y, str(out), loss_name), nprocs=2, join=True)
-    got = torch.load(out)
+    cfg = cfg_of("loss.name=clce")
+    assert cfg.loss.clce_features == "encoder"
     torch.manual_seed(0)
-    lin = torch.nn.Linear(5, 6)
-    z = F.normalize(lin(x), dim=1)
-    want = supcon_loss(z, y) if loss_name == "supcon" else varcon_loss(z, y)
-    want.backward()
-    assert got["loss"].item() == pytest.approx(want.item(), rel=1e-5)
-    for a, b in zip(got["grads"], [p.grad for p in lin.parameters()]):
-        assert torch.allclose(a, b, atol=1e-6)
+    net = build_network(cfg, LEVEL_MAP)
+    assert net.head is None
+    x, y = _batch()
+    loss, metrics = finetune_loss(net, cfg, x, y)
+    out = net(x)
+    lacln = lacln_loss(F.normalize(out.features, dim=1), y, temperature=0.5)
+    assert metrics["loss/lacln"].item() == pytest.approx(lacln.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(0.1 * F.cross_entropy(out.logits, y).item() + 0.9 * lacln.item(), rel=1e-5)
+    # the option: a projection head, LACLN on its output
+    proj = cfg_of("loss.name=clce", "loss.clce_features=projection")
+    torch.manual_seed(0)
+    net = build_network(proj, LEVEL_MAP)
+    _, metrics = finetune_loss(net, proj, x, y)
+    assert metrics["loss/lacln"].item() == pytest.approx(lacln_loss(net(x).z, y, temperature=0.5).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="loss.name=clce has no projection head.*clce_features=projection"):
+        cfg_of("loss.name=clce", "model.init=x.pt", "model.init_head=true")
 
 
 # ------------------------------------------------------------------------------- HCAL init and readout
@@ -241,3 +227,15 @@ def test_linear_protocol_preset_freezes_the_trunk_in_eval_mode_and_inits_the_cla
     assert torch.equal(bn.running_mean, before[0])  # BatchNorm statistics untouched
     assert torch.equal(net.backbone.conv1.weight, before[1])  # trunk untouched
     assert not torch.equal(net.classifier.weight.detach(), w)  # the classifier trained
+
+
+def test_sync_bn_option_converts_every_batchnorm_and_needs_gpu_workers():
+    cfg = cfg_of("model.sync_bn=true", "resources.use_gpu=true")
+    net = build_network(cfg, LEVEL_MAP)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(isinstance(m, torch.nn.SyncBatchNorm) for m in bns)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in build_network(cfg_of(), LEVEL_MAP).modules())
+    hcal = build_network(cfg_of("model.sync_bn=true", "resources.use_gpu=true", preset="digits-hcal"), LEVEL_MAP)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in hcal.modules())
+    with pytest.raises(ValueError, match="model.sync_bn needs GPU workers"):
+        cfg_of("model.sync_bn=true")

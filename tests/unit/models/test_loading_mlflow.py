@@ -64,7 +64,7 @@ def test_parse_sources():
 
 def test_logged_encoders_load_with_identical_weights(store, logged):
     run_id = logged["run_id"]
-    for source, want in ((f"mlflow:{run_id}", "best"),  # default: encoder_best
+    for source, want in ((f"mlflow:{run_id}", "last"),  # default: encoder_last, as the papers report
                          (f"runs:/{run_id}/encoder_best", "best"),
                          (f"mlflow:{run_id}/encoder_last", "last"),
                          (f"runs:/{run_id}/encoder_last", "last"),
@@ -73,26 +73,26 @@ def test_logged_encoders_load_with_identical_weights(store, logged):
         assert load_backbone(trunk, source, tracking_uri=store) == "mlflow-model", source
         _same(trunk, logged[want])
     found = read_source(f"mlflow:{run_id}", tracking_uri=store)
-    assert found.origin == logged["uris"]["encoder_best"] and found.head == {}
+    assert found.origin == logged["uris"]["encoder_last"] and found.head == {}
 
 
 def test_tracking_uri_from_the_environment(store, logged, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     trunk, _ = build_backbone("resnet10", cifar_stem=True)
     assert load_backbone(trunk, f"mlflow:{logged['run_id']}") == "mlflow-model"
-    _same(trunk, logged["best"])
+    _same(trunk, logged["last"])
 
 
-def test_falls_back_to_encoder_last_then_to_the_run_dir(store, tmp_path, monkeypatch):
+def test_falls_back_to_encoder_best_then_to_the_run_dir(store, tmp_path, monkeypatch):
     tracking = TrackingSection(uri=store, experiment="export-fallback")
     example = torch.zeros(2, 3, 16, 16)
-    # a run with only encoder_last (pickle format: quick to log, loads the module object): mlflow:<run_id> takes it
-    tracker = Tracker.start(tracking, run_name="last-only", params={})
-    last = _trunk(3)
-    assert tracker.log_encoder("encoder_last", last, example, serialization_format="pickle")
+    # a run with only encoder_best (pickle format: quick to log, loads the module object): mlflow:<run_id> takes it
+    tracker = Tracker.start(tracking, run_name="best-only", params={})
+    best = _trunk(3)
+    assert tracker.log_encoder("encoder_best", best, example, serialization_format="pickle")
     trunk, _ = build_backbone("resnet10", cifar_stem=True)
     assert load_backbone(trunk, f"mlflow:{tracker.run_id}", tracking_uri=store) == "mlflow-model"
-    _same(trunk, last)
+    _same(trunk, best)
 
     # no model at all (log_models off): the newest checkpoint of its hierclr.run_dir tag
     torch.manual_seed(5)
@@ -103,23 +103,23 @@ def test_falls_back_to_encoder_last_then_to_the_run_dir(store, tmp_path, monkeyp
     trunk, _ = build_backbone("resnet10", cifar_stem=True)
     assert load_backbone(trunk, f"mlflow:{bare.run_id}", tracking_uri=store) == "hierclr-pretrain"
     _same(trunk, moco.encoder_q.backbone)
-    # ... and its best_encoder.pt for the best encoder, when there is one
+    # ... and its best_encoder.pt when the best encoder is asked for; the default stays the last encoder
     torch.manual_seed(6)
     other = MoCo("resnet10", dim=16, hidden_dim=32, queue_size=8, cifar_stem=True)
     torch.save({"epoch": 1, "knn_top1": 0.4, "encoder_q": other.encoder_q.state_dict()}, run_dir / "best_encoder.pt")
-    found = read_source(f"mlflow:{bare.run_id}", tracking_uri=store)
+    found = read_source(f"mlflow:{bare.run_id}/encoder_best", tracking_uri=store)
     assert found.origin.endswith("best_encoder.pt") and found.kind == "hierclr-pretrain"
     trunk.load_state_dict(found.trunk)
     _same(trunk, other.encoder_q.backbone)
-    found = read_source(f"mlflow:{bare.run_id}/encoder_last", tracking_uri=store)  # last: the newest checkpoint
-    assert found.origin == str(run_dir)
+    for source in (f"mlflow:{bare.run_id}", f"mlflow:{bare.run_id}/encoder_last"):  # last: the newest checkpoint
+        assert read_source(source, tracking_uri=store).origin == str(run_dir)
 
     # a logged model that does not load (pickle refused here) also falls back to the run's checkpoints
     assert Tracker.attach(tracking, bare.run_id).log_encoder("encoder_best", _trunk(7), example,
                                                             serialization_format="pickle")
-    assert read_source(f"mlflow:{bare.run_id}", tracking_uri=store).kind == "mlflow-model"
+    assert read_source(f"mlflow:{bare.run_id}/encoder_best", tracking_uri=store).kind == "mlflow-model"
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
-    found = read_source(f"mlflow:{bare.run_id}", tracking_uri=store)
+    found = read_source(f"mlflow:{bare.run_id}/encoder_best", tracking_uri=store)
     assert found.kind == "hierclr-pretrain" and found.origin.endswith("best_encoder.pt")
 
 
@@ -129,7 +129,7 @@ def test_errors_name_the_run_and_the_store(store, tmp_path):
         load_backbone(trunk, f"mlflow:{'0' * 32}", tracking_uri=store)
     bare = Tracker.start(TrackingSection(uri=store, experiment="export-errors"), run_name="empty", params={})
     with pytest.raises(ValueError, match=rf"run {bare.run_id} in the tracking store .* has no encoder model "
-                                         r"encoder_best / encoder_last \(logged models: none\).*hierclr.run_dir"):
+                                         r"encoder_last / encoder_best \(logged models: none\).*hierclr.run_dir"):
         load_backbone(trunk, f"mlflow:{bare.run_id}", tracking_uri=store)
     with pytest.raises(ValueError, match="no encoder model classifier_best"):
         load_backbone(trunk, f"runs:/{bare.run_id}/classifier_best", tracking_uri=store)
@@ -144,7 +144,7 @@ def test_export_from_an_mlflow_run(store, logged, tmp_path):
     out = tmp_path / "r10.pth"
     r = export_backbone(f"mlflow:{logged['run_id']}", out, tracking_uri=store)
     assert (r.arch, r.cifar_stem, r.kind, r.fc) == ("resnet10", True, "mlflow-model", "zeros")
-    assert r.origin == logged["uris"]["encoder_best"]
+    assert r.origin == logged["uris"]["encoder_last"]
     meta = json.loads((tmp_path / "r10.pth.json").read_text())
     assert meta["source"] == f"mlflow:{logged['run_id']}" and meta["origin"] == r.origin
     from torchvision.models.resnet import BasicBlock, ResNet
@@ -156,4 +156,4 @@ def test_export_from_an_mlflow_run(store, logged, tmp_path):
     model.fc = torch.nn.Identity()
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(x), logged["best"](x))
+        torch.testing.assert_close(model.eval()(x), logged["last"](x))
