@@ -110,7 +110,7 @@ def worker_method(features: str, num_rows: int, passes: list):
     protos = Prototypes([keys(2)], parents, [torch.full((2,), 0.2)],
                         compose_assignments(torch.arange(num_rows) % 2, parents))
     run = types.SimpleNamespace(num_rows=num_rows)
-    env = types.SimpleNamespace(rank=0, world=1, device=torch.device("cpu"))
+    env = types.SimpleNamespace(rank=0, world=1, device=torch.device("cpu"), amp_dtype=None, channels_last=False)
     m = Contrastive.__new__(Contrastive)
     m.cfg, m.run, m.env, m.tracker = cfg, run, env, None
     m.objective, m.service, m.level_map = HCSCObjective(cfg.loss), FakeService(protos), None
@@ -118,7 +118,7 @@ def worker_method(features: str, num_rows: int, passes: list):
     m.check_ids, m.estep_done, m.embed_it = False, False, None
     m.key_bank = KeyBank(num_rows, 4) if features == "train_keys" else None
 
-    def fake_embed(model, iterator, *, head, backbone):
+    def fake_embed(model, iterator, *, head, backbone, amp_dtype=None):
         feats = keys(num_rows, seed=100 + len(passes))
         passes.append(feats)
         return {"ids": torch.arange(num_rows), "labels": torch.full((num_rows,), -1), "head": feats}
