@@ -33,7 +33,7 @@ from hierclr.config.loader import flatten
 from hierclr.config.pretrain import PretrainConfig
 from hierclr.config.sections import TrackingSection
 from hierclr.config.sweep import SweepConfig
-from hierclr.runtime.sweep_summary import TrialRow, best_of, best_trial, table_csv, table_text
+from hierclr.runtime.sweep_summary import TrialRow, best_of, best_trial, clip_error, table_csv, table_text
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +288,8 @@ def _rows(grid, sweep: SweepConfig, tcfg: TrackingSection, sweep_dir: str, max_t
             status = "UNFINISHED"
         params = {k: (r.config or {}).get(k) for k in sweep.space}
         rows.append(TrialRow(trial_id=trial_id, params=params, status=status, epochs=epochs, best=best,
-                             best_epoch=best_epoch, error=None if r.error is None else f"{type(r.error).__name__}: "
-                             f"{r.error}"[:2000],
+                             best_epoch=best_epoch,
+                             error=None if r.error is None else clip_error(f"{type(r.error).__name__}: {r.error}"),
                              mlflow_run_id=find_run(tcfg, TRIAL_KEY.format(dir=sweep_dir, trial=trial_id))))
     rows.sort(key=lambda row: row.trial_id)
     return rows

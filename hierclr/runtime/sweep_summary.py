@@ -77,6 +77,18 @@ def table_text(rows: list[TrialRow], metric: str, params: list[str]) -> str:
     return "\n".join(lines)
 
 
+def clip_error(text: str, limit: int = 2000) -> str:
+    """A trial's error text within ``limit`` characters, keeping its start and its end: a Ray traceback puts the
+    cause (the exception's message) last."""
+    return text if len(text) <= limit else f"{text[: limit // 4]}\n...\n{text[-(limit - limit // 4 - 5):]}"
+
+
+def error_line(text: str) -> str:
+    """The line of an error text that says what went wrong: the last non-empty one (the exception's message)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 def table_csv(rows: list[TrialRow], metric: str, params: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -84,5 +96,5 @@ def table_csv(rows: list[TrialRow], metric: str, params: list[str]) -> str:
     for r in rows:
         w.writerow([r.trial_id, *(_fmt(r.params.get(p)) for p in params), "" if r.best is None else repr(r.best),
                     "" if r.best_epoch is None else r.best_epoch, r.epochs, r.status, r.mlflow_run_id or "",
-                    (r.error or "").splitlines()[0][:300] if r.error else ""])
+                    error_line(r.error)[:300] if r.error else ""])
     return buf.getvalue()

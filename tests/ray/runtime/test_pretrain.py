@@ -96,8 +96,10 @@ def test_pretrain_end_to_end_logs_every_metric_and_artifact(pretrained, tmp_path
     h = result.history
     # the warm-up epoch is plain InfoNCE; afterwards the objective has ICSC (3 levels summed) + PCSC
     assert "loss/prototype" not in h[0] and h[1]["loss/prototype"] > 0
-    # the loss goes down: the prototype term (the instance terms sit near chance, ln(129), in 33 steps)
-    assert h[3]["loss/prototype"] < h[1]["loss/prototype"], [r["loss/prototype"] for r in h]
+    # it learns: the kNN monitor rises (the loss terms are no gauge here: the instance terms sit near chance,
+    # ln(129), in 33 steps, and each epoch's prototype term is measured against that epoch's new prototypes
+    # and their concentrations phi)
+    assert h[3]["knn/top1_best"] > h[0]["knn/top1_best"], [r["knn/top1_best"] for r in h]
     assert all(0 < r[f"kept_fraction/instance_l{level}"] <= 1 for r in h[1:] for level in range(3))
     assert not any(k.startswith("selection/") for k in h[0])  # warm-up: no selection
     assert all(0.0 <= r[k] <= 1.0 for r in h[1:] for k in SELECTION), [{k: r[k] for k in SELECTION} for r in h[1:]]

@@ -148,8 +148,10 @@ def _wait_for(predicate, timeout: float, what: str, proc=None):
 
 def test_interrupted_sweep_resumes_without_duplicating_runs(ray_session, tmp_path, digits_cache):
     space = {"clustering.sizes": {"grid": [[16, 8], [12]]}, "loss.temperature": {"choice": [0.1, 0.2]}}
-    # one Train worker per trial: what is checked here is the sweep's bookkeeping, not DDP (checked above)
-    path = tiny_sweep(tmp_path, digits_cache, "s2", space, {"resources.num_workers": 1}, scheduler={"type": "fifo"})
+    # MoCo v2 trials on one Train worker: what is checked here is the sweep's bookkeeping, not DDP or the E-step
+    # (both checked above); the swept clustering.sizes only name the trials
+    path = tiny_sweep(tmp_path, digits_cache, "s2", space, {"resources.num_workers": 1, "method": "moco"},
+                      scheduler={"type": "fifo"})
     assert load_sweep(path).num_trials == 2
     # the driver joins the session's Ray (RAY_ADDRESS), as the `ray job submit` entry point does on a cluster
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
