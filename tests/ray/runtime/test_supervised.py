@@ -61,58 +61,53 @@ def test_finetune_varcon_two_workers_learns_logs_and_resumes(ray_session, tmp_pa
     assert result.best["metric"] == "acc/top1" and Path(result.run_dir, "best_model.pt").is_file()
 
 
-def test_hcal_from_a_pretraining_checkpoint_with_class_mean_prototypes(ray_session, tmp_path, digits_cache):
-    """HCAL initialised from a hierclr pretraining checkpoint (trunk + MoCo head, prototypes from class means):
-    per-level accuracy above chance, HVR per epoch in MLflow, encoders logged as MLflow models."""
-    torch.manual_seed(0)
-    moco = MoCo("resnet10", dim=32, hidden_dim=64, queue_size=64)
-    ckpt = tmp_path / "pretrain" / "checkpoint_000000"
-    save_checkpoint(ckpt, TrainingState(epoch=0, model=moco.state_dict(), optimizer={}))
-    cfg = tiny("digits-hcal", tmp_path, digits_cache, "optim.epochs=2", f"model.init={ckpt.parent}", "model.init_head=true", "hcal.feat_dim=32", "hcal.hidden_dim=64",
-               "hcal.init_prototypes=class_means", "tracking.log_models=true")
-    result = run_training(cfg, echo=lambda *a: None)
-    h = result.history
-    # chance: 0.1 for 10 digits; 0.4 for the 3 shape groups (the largest group's share)
-    assert h[-1]["acc/level0"] > 0.2 and h[-1]["acc/level1"] > 0.4, h[-1]
-    assert 0 <= h[-1]["val/hvr"] <= 1 and "val/hvr/level0-1" in h[-1]
-    assert all(abs(sum(r[f"weight/level{lv}"] for lv in range(2)) - 1) < 1e-5 for r in h)
-    client = _client(cfg)
-    run = client.get_run(result.mlflow_run_id)
-    assert run.data.tags["hierclr.init"] == str(ckpt.parent)
-    for key in ("loss/total", "loss/level0", "loss/level1", "weight/level0", "acc/level0", "acc/level1", "val/hvr"):
-        assert _steps(client, run.info.run_id, key) == [0, 1], key
-    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
-    assert {m.name for m in models if m.source_run_id == run.info.run_id} == {"encoder_last", "encoder_best"}
-    state = load_checkpoint(result.checkpoint)
-    assert state.model["head.prototypes.0"].shape == (10, 32) and state.model["head.prototypes.1"].shape == (3, 32)
-
-
-def test_sweep_over_finetune_losses(ray_session, tmp_path, digits_cache):
-    """``hierclr sweep`` with ``command: finetune``: the trial runs the supervised driver, nested MLflow run, best
-    config loadable as a finetune config. (Scheduling and several trials: tests/ray/runtime/test_sweep.py.)"""
+def test_hcal_sweep_trial_from_a_pretraining_checkpoint_with_class_mean_prototypes(ray_session, tmp_path,
+                                                                                    digits_cache):
+    """``hierclr sweep`` with ``command: hcal`` (the supervised driver inside a Tune trial, nested MLflow run, best
+    config loadable as an hcal config), the trial being HCAL initialised from a hierclr pretraining checkpoint
+    (trunk + MoCo head, prototypes from class means): per-level accuracy above chance, HVR per epoch in MLflow,
+    encoders logged as MLflow models. (Scheduling and several trials: tests/ray/runtime/test_sweep.py.)"""
     import yaml
 
     from hierclr.config.sweep import load_sweep
     from hierclr.runtime.sweep import run_sweep
 
-    tree = {"name": "losses", "command": "finetune", "base": "digits-finetune", "metric": "acc/top1", "mode": "max",
+    torch.manual_seed(0)
+    moco = MoCo("resnet10", dim=32, hidden_dim=64, queue_size=64)
+    ckpt = tmp_path / "pretrain" / "checkpoint_000000"
+    save_checkpoint(ckpt, TrainingState(epoch=0, model=moco.state_dict(), optimizer={}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tree = {"name": "hcal-init", "command": "hcal", "base": "digits-hcal", "metric": "acc/level0", "mode": "max",
             "max_concurrent_trials": 1, "scheduler": {"type": "fifo"}, "storage_path": str(tmp_path / "sweeps"),
-            "set": {"tracking.uri": f"sqlite:///{tmp_path}/mlflow.db", "data.builtin_cache": str(digits_cache),
-                    "data.train": "builtin://digits/val", "model.backbone": "resnet10", "optim.batch_size": 32,
-                    "optim.epochs": 1, "resources.num_workers": 1, "tracking.log_models": False},
-            "space": {"loss.name": {"grid": ["supcon"]}}}
-    path = tmp_path / "losses.yaml"
+            "set": {"tracking.uri": uri, "data.builtin_cache": str(digits_cache), "data.decode_batch_size": 64,
+                    "model.backbone": "resnet10", "optim.batch_size": 32, "optim.epochs": 2,
+                    "resources.num_workers": 2, "model.init": str(ckpt.parent), "model.init_head": True,
+                    "hcal.feat_dim": 32, "hcal.hidden_dim": 64, "tracking.log_models": True},
+            "space": {"hcal.init_prototypes": {"grid": ["class_means"]}}}
+    path = tmp_path / "hcal.yaml"
     path.write_text(yaml.safe_dump(tree))
     result = run_sweep(load_sweep(path), echo=lambda *a: None)
-    assert [r.params["loss.name"] for r in result.rows] == ["supcon"]
-    assert all(r.status == "FINISHED" and 0 <= r.best <= 1 for r in result.rows), result.rows
-    client = _client(load_supervised_config("digits-finetune", [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]))
-    exp = client.get_experiment_by_name("losses")
-    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
-    assert [c.data.params["loss.name"] for c in children] == ["supcon"]
-    assert all(c.data.tags["hierclr.task"] == "finetune" and "acc/top1" in c.data.metrics for c in children)
-    best = load_supervised_config(result.best_config, task="finetune")
-    assert best.loss.name == "supcon" and best.optim.epochs == 1
+    [row] = result.rows
+    assert row.status == "FINISHED" and row.epochs == 2, row
+    cfg = load_supervised_config(result.best_config, task="hcal")
+    assert cfg.hcal.init_prototypes == "class_means" and cfg.model.init == str(ckpt.parent)
+    client = _client(cfg)
+    run = client.get_run(row.mlflow_run_id)
+    assert run.info.status == "FINISHED" and "mlflow.parentRunId" in run.data.tags
+    assert run.data.tags["hierclr.task"] == "hcal" and run.data.tags["hierclr.init"] == str(ckpt.parent)
+    for key in ("loss/total", "loss/level0", "loss/level1", "weight/level0", "acc/level0", "acc/level1", "val/hvr"):
+        assert _steps(client, run.info.run_id, key) == [0, 1], key
+    last = {k: max(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step).value for k in ("acc/level0", "acc/level1", "val/hvr", "weight/level0", "weight/level1")}
+    # chance: 0.1 for 10 digits; 0.4 for the 3 shape groups (the largest group's share)
+    assert last["acc/level0"] > 0.2 and last["acc/level1"] > 0.4, last
+    assert 0 <= last["val/hvr"] <= 1 and abs(last["weight/level0"] + last["weight/level1"] - 1) < 1e-5
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert {m.name for m in models if m.source_run_id == run.info.run_id} == {"encoder_last", "encoder_best"}
+    from hierclr.io.checkpoint import latest_checkpoint
+
+    [train_run] = list(Path(result.sweep_dir, "runs").glob(f"hcal-init-{row.trial_id}-*"))
+    state = load_checkpoint(latest_checkpoint(train_run))
+    assert state.model["head.prototypes.0"].shape == (10, 32) and state.model["head.prototypes.1"].shape == (3, 32)
 
 
 def test_wrong_init_checkpoint_fails_before_training(ray_session, tmp_path, digits_cache):
