@@ -27,12 +27,7 @@ _ELSEWHERE = {
     "cifar100": "hierclr.labels", "load_hierarchy": "hierclr.labels",
 }
 
-__all__ = [
-    "AugmentConfig", "BadImage", "DataFormatError", "EvalTransformConfig", "HierarchyError", "ImageStream",
-    "LabelHierarchy", "Manifest", "MultiViewAugment", "PrepareConfig", "ShardSource", "StreamConfig",
-    "TooManyBadImagesError", "TransformConfig", "cifar100", "embed_stream", "finish_views", "load_hierarchy",
-    "open_source", "prepare_data", "train_data_config", "train_stream",
-]
+__all__ = [*_WHERE, *_ELSEWHERE]  # noqa: PLE0604 -- the lazy names are the package's names
 
 
 def __getattr__(name: str):  # PEP 562: first use of a name imports its module
