@@ -18,7 +18,8 @@ import importlib
 _WHERE = {
     "BadImage": "bad_images", "TooManyBadImagesError": "bad_images", "Manifest": "manifest",
     "PrepareConfig": "prepare", "prepare_data": "prepare", "ShardSource": "source", "open_source": "source",
-    "ImageStream": "streams", "StreamConfig": "streams", "embed_stream": "streams", "finish_views": "streams",
+    "count_rows": "source", "ImageStream": "streams", "StreamConfig": "streams", "embed_stream": "streams",
+    "finish_views": "streams",
     "train_data_config": "streams", "train_stream": "streams", "AugmentConfig": "transforms",
     "EvalTransformConfig": "transforms", "MultiViewAugment": "transforms", "TransformConfig": "transforms",
 }

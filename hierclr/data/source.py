@@ -182,6 +182,19 @@ def open_source(
     return ShardSource(str(uri), fmt, loc, num_rows, tuple(class_names or ()), hierarchy, tuple(units), manifest)
 
 
+def count_rows(uri: str | os.PathLike, *, format: Format = "auto") -> int | None:
+    """Rows of a dataset without Ray and without reading an image: a parquet directory's ``manifest.json``, an
+    ImageFolder's listing (which also checks its layout); None for WebDataset tars, whose count needs the index
+    pass (a read of every tar, on Ray)."""
+    loc = resolve(uri)
+    fmt = _detect(loc) if format == "auto" else format
+    if fmt == "parquet":
+        return Manifest.read(loc).num_rows
+    if fmt == "imagefolder":
+        return len(list_image_folder(loc).keys)
+    return None
+
+
 def _verify_hashes(loc: Location, manifest: Manifest) -> None:
     import ray
 

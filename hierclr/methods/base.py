@@ -127,6 +127,7 @@ class Plan:
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
+        self.rows_checked = False  # data.train's row count passed check_rows
 
     def needs(self) -> tuple[float, float]:
         """(CPUs, GPUs) one run holds while it trains."""
@@ -135,6 +136,16 @@ class Plan:
                 res.num_workers * res.gpus_per_worker if res.use_gpu else 0.0)
 
     needs_what: ClassVar[str] = "resources.num_workers x cpus_per_worker/gpus_per_worker + data.num_cpus"
+
+    def check_rows(self, num_rows: int) -> None:
+        """Fail when ``data.train``'s ``num_rows`` images cannot feed the run: fewer than one global batch.
+        Called before Ray when the format gives its count without Ray (see
+        :func:`hierclr.runtime.runs.check_row_count`), else by :meth:`prepare`; remembers that it passed."""
+        batch = self.cfg.optim.batch_size
+        if num_rows < batch:
+            raise ValueError(f"data.train ({self.cfg.data.train}) has {num_rows} images, fewer than one global batch "
+                             f"(optim.batch_size={batch})")
+        self.rows_checked = True
 
     def prepare(self, start_epoch: int) -> Prepared:
         raise NotImplementedError

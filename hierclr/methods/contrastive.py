@@ -319,6 +319,17 @@ class ContrastivePlan(Plan):
             need_gpu += s.num_actors * s.gpus_per_actor
         return need_cpu, need_gpu
 
+    def check_rows(self, num_rows: int) -> None:
+        """Also: at least as many images as the finest level's prototypes (K-means needs a point per centroid)."""
+        cfg = self.cfg
+        if cfg.uses_clustering:
+            need, field = ((cfg.clustering.sizes[0], "clustering.sizes") if cfg.method == "hcsc"
+                           else (max(cfg.pcl.num_clusters), "pcl.num_clusters"))
+            if num_rows < need:
+                raise ValueError(f"data.train ({cfg.data.train}) has {num_rows} images, fewer than the {need} "
+                                 f"prototypes asked for ({field})")
+        super().check_rows(num_rows)
+
     def prepare(self, start_epoch: int) -> Prepared:
         from hierclr.data import embed_stream, open_source, train_stream
         from hierclr.runtime.runs import data_path, stream_config
@@ -336,14 +347,8 @@ class ContrastivePlan(Plan):
         streams = {"train": train_stream(train_src, scfg), "embed": embed_stream(train_src, scfg)}
         if val_src is not None:
             streams["val"] = embed_stream(val_src, scfg)
-        if cfg.uses_clustering:
-            need = cfg.clustering.sizes[0] if cfg.method == "hcsc" else max(cfg.pcl.num_clusters)
-            if train_src.num_rows < need:
-                raise ValueError(f"data.train has {train_src.num_rows} images, fewer than the {need} prototypes "
-                                 f"asked for ({'clustering.sizes' if cfg.method == 'hcsc' else 'pcl.num_clusters'})")
-        if train_src.num_rows < cfg.optim.batch_size:
-            raise ValueError(f"data.train has {train_src.num_rows} images, fewer than one global batch "
-                             f"(optim.batch_size={cfg.optim.batch_size})")
+        if not self.rows_checked:  # WebDataset tars: counted by the index pass just now
+            self.check_rows(train_src.num_rows)
         header = (f"{cfg.method}, {cfg.resources.num_workers} worker(s), {train_src.num_rows} images, "
                   f"epochs {start_epoch}..{cfg.optim.epochs - 1}")
         run_fields = {"num_classes": len(train_src.classes), "has_val": val_src is not None,

@@ -273,11 +273,13 @@ class SupervisedPlan(Plan):
         val_src = open_source(data_path(d.val, cfg), format=d.format, hierarchy=d.hierarchy,
                               verify=d.verify_shards)
         level_map = self._label_space(train_src, val_src)
+        if not self.rows_checked:  # WebDataset tars: counted by the index pass just now
+            self.check_rows(train_src.num_rows)
         keep_ids = self._subset_ids(train_src) if cfg.subset.active else None
         num_train = train_src.num_rows if keep_ids is None else len(keep_ids)
-        if num_train < cfg.optim.batch_size:
-            raise ValueError(f"data.train has {num_train} images{' in the subset' if keep_ids is not None else ''}"
-                             f", fewer than one global batch (optim.batch_size={cfg.optim.batch_size})")
+        if keep_ids is not None and num_train < cfg.optim.batch_size:  # a subset is chosen on Ray (labels, keys)
+            raise ValueError(f"data.train has {num_train} images in the subset, fewer than one global batch "
+                             f"(optim.batch_size={cfg.optim.batch_size})")
         if cfg.model.init:  # load it once here, so a wrong file fails before any worker starts
             init_weights(build_network(cfg, level_map), cfg, resolved_uri(cfg.tracking))
         scfg = stream_config(cfg)

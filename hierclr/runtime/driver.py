@@ -23,6 +23,7 @@ from hierclr.runtime.runs import (
     check_data_paths,
     check_resources,
     check_resume_config,
+    check_row_count,
     quiet_ray_data,
     remove_if_empty,
     resolve_run,
@@ -101,13 +102,15 @@ def run_training(cfg, *, resume: str | None = None, stop_after_epoch: int | None
                  link: TrackingLink | None = None) -> RunResult:
     """Run (or resume) one training run of any method; returns where it went and its per-epoch history.
 
-    Before Ray starts: the run directory is created (or, on resume, found) and locked, which also proves the
-    storage writable. A run that fails raises :class:`RunFailedError` (its MLflow run FAILED with the cause in
-    the tag ``hierclr.error``); a fresh run that failed before its first checkpoint leaves no directory behind."""
+    Before Ray starts: the data paths and ``data.train``'s row count are checked, then the run directory is created
+    (or, on resume, found) and locked, which also proves the storage writable. A run that fails raises
+    :class:`RunFailedError` (its MLflow run FAILED with the cause in the tag ``hierclr.error``); a fresh run that
+    failed before its first checkpoint leaves no directory behind."""
     plan = plan_for(cfg)
     root = storage_root(cfg)
     command = "pretrain" if plan.name == "contrastive" else cfg.task
     check_data_paths(cfg)  # before Ray, a run directory or an MLflow run: a typo costs seconds, leaves nothing
+    check_row_count(cfg, plan)
     where = resolve_run(cfg, root, resume)
     attempt = _Attempt()
     try:

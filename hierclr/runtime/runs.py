@@ -80,6 +80,18 @@ def check_data_paths(cfg) -> None:
             raise ValueError(f"data.{field_name}: {uri} does not exist")
 
 
+def check_row_count(cfg, plan) -> None:
+    """``data.train``'s row count against what the run needs (:meth:`~hierclr.methods.base.Plan.check_rows`:
+    one global batch, the finest level's prototypes), before Ray starts when the format gives the count without
+    Ray and without reading an image (a parquet manifest, an ImageFolder listing). WebDataset tars are counted by
+    their index pass on Ray, and ``plan.prepare`` checks them there (before any actor or MLflow run)."""
+    from hierclr.data.source import count_rows
+
+    num_rows = count_rows(data_path(cfg.data.train, cfg), format=cfg.data.format)
+    if num_rows is not None:
+        plan.check_rows(num_rows)
+
+
 def start_ray(cfg) -> None:
     import ray
 

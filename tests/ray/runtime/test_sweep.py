@@ -63,8 +63,8 @@ def _png(path: Path) -> tuple[int, int]:
 
 def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_session, tmp_path, digits_cache):
     """Three trials, one at a time, with outcomes fixed by construction (no warm-up, so every epoch clusters):
-    [16, 8] trains both epochs; [5000] asks for more prototypes than there are images and fails in its first
-    E-step; [12] reports 12 level-0 prototypes at ASHA's first rung, below the [16, 8] trial's 16, and is stopped
+    [16, 8] trains both epochs; [5000] asks for more prototypes than there are images and fails before it
+    trains (a FAILED child run all the same); [12] reports 12 level-0 prototypes at ASHA's first rung, below the [16, 8] trial's 16, and is stopped
     after epoch 0. The stop is cooperative: that trial ends at the epoch boundary with a checkpoint of its
     stopping epoch and its artifacts, its MLflow run is FINISHED and tagged, and the sweep goes on."""
     space = {"clustering.sizes": {"grid": [[16, 8], [5000], [12]]},  # [5000]: more prototypes than images
