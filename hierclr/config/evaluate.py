@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from hierclr.config.loader import EVALUATE_PRESET_DIR, Section, list_presets, load_tree, validate
 from hierclr.config.sections import DataSection, ResourcesSection, TrackingSection
 from hierclr.eval.precision import FeaturePrecision
+from hierclr.io.fs import absolute
 
 Protocol = Literal["knn", "linear", "semi", "clustering", "hierarchy"]
 
@@ -66,6 +67,10 @@ class TrainedProtocol(Section):
     config: str = Field(..., description="finetune preset or file (hierclr/presets/supervised)")
     set: tuple[str, ...] = Field((), description="extra KEY=VALUE overrides of that config")
 
+    def config_path(self) -> str:
+        """``config`` with a file path (one with a directory or a suffix) made absolute; a preset name as is."""
+        return absolute(self.config) if "/" in self.config or Path(self.config).suffix else self.config
+
 
 class SemiProtocol(TrainedProtocol):
     """Semi-supervised fine-tuning on label subsets: the standard file lists when ``subset_files`` gives them
@@ -106,6 +111,18 @@ class EvaluateConfig(Section):
                                                           "or shared path: the feature workers write here)")
     plot: Literal["tsne", "none"] = "tsne"
     plot_points: int = Field(5000, ge=10)
+
+    def with_absolute_paths(self) -> EvaluateConfig:
+        """A copy with every local path absolute (``source``, the data, ``output_dir``, the trained protocols'
+        config files, ``semi.subset_files``); URIs (``mlflow:``, ``s3://``, ``builtin://`` ...) unchanged. Done before
+        Ray starts: the feature and protocol workers run in other directories."""
+        return self.model_copy(update={
+            "source": absolute(self.source), "data": self.data.with_absolute_paths(),
+            "output_dir": absolute(self.output_dir),
+            "linear": self.linear.model_copy(update={"config": self.linear.config_path()}),
+            "semi": self.semi.model_copy(update={"config": self.semi.config_path(),
+                                                 "subset_files": tuple(absolute(f) for f in self.semi.subset_files)}),
+        })
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:

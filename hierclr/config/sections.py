@@ -36,6 +36,13 @@ class DataSection(Section):
     def transform_config(self) -> TransformConfig:
         return TransformConfig.preset(self.transforms)
 
+    def with_absolute_paths(self) -> DataSection:
+        """A copy with every local path (splits, hierarchy, builtin cache) absolute; URIs unchanged."""
+        from hierclr.io.fs import absolute
+
+        return self.model_copy(update={k: absolute(v) for k in ("train", "val", "hierarchy", "builtin_cache")
+                                       if (v := getattr(self, k)) is not None})
+
 
 class OptimSection(Section):
     """SGD with a per-epoch cosine schedule; ``lr = base_lr * global_batch / 256`` (linear scaling)."""

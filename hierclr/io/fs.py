@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
@@ -83,3 +84,16 @@ def resolve(uri: str | os.PathLike) -> Location:
     text = text.removeprefix("file://")
     path = os.path.abspath(os.path.expanduser(text))
     return Location(pafs.LocalFileSystem(), path.replace(os.sep, "/"), text)
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def absolute(uri: str | os.PathLike) -> str:
+    """A local path (``x``, ``./x``, ``~/x``) made absolute against this process's working directory; anything that
+    starts with a scheme (``s3://``, ``gs://``, ``file://``, ``builtin://``, ``mlflow:``, ``runs:/``, ``models:/``)
+    unchanged. Paths sent to Ray workers must be absolute: a worker runs in another directory."""
+    text = os.fspath(uri)
+    if _SCHEME.match(text):
+        return text
+    return os.path.abspath(os.path.expanduser(text))

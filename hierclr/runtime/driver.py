@@ -89,7 +89,8 @@ def failure_cause(err: BaseException, limit: int = 1500) -> str:
     if failures:
         err = failures[min(failures)]
     err = getattr(err, "controller_failure", None) or err
-    err = getattr(err, "cause", None) or err  # RayTaskError / RayActorError: the user's exception
+    cause = getattr(err, "cause", None)  # RayTaskError / RayActorError: the user's exception
+    err = cause if isinstance(cause, BaseException) else err  # (RunFailedError.cause is its text)
     text = str(err).strip()
     if "Traceback (most recent call last)" in text:  # a remote traceback in the message: keep its last line
         lines = [ln for ln in text.splitlines() if ln.strip()]

@@ -10,16 +10,18 @@
 4. Trained protocols as ``hierclr finetune`` runs on Ray Train, nested under this run in MLflow: the linear
    probe (frozen trunk in eval mode, lr 5.0, steps at 60 / 80) and semi-supervised fine-tuning on seeded
    per-class label fractions.
-5. Output: a results table (printed), ``results.json``, a t-SNE plot of the val features coloured by class
-   (and by coarse class with a hierarchy), all logged to an MLflow run nested under the run that produced the
-   checkpoint when there is one.
+5. Output: ``results.json`` and the MLflow run's metrics, written as each protocol finishes (a later failure
+   keeps them), a results table (printed), a t-SNE plot of the val features coloured by class (and by coarse
+   class with a hierarchy), all logged to an MLflow run nested under the run that produced the checkpoint when
+   there is one.
+
+Every local path is made absolute and every trained protocol's config validated before Ray starts.
 """
 from __future__ import annotations
 
 import io
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -174,36 +176,76 @@ def _tracking_under(cfg: EvaluateConfig, parent: str | None):
     return tracking.model_copy(update={"experiment": exp.name}), parent
 
 
-def _trained_protocol(cfg: EvaluateConfig, which: str, extra: list[str], out: Path, link: TrackingLink, tracking,
-                      echo) -> dict[str, float]:
-    """One linear / semi-supervised ``hierclr finetune`` run from the encoder; best and last top-1 / top-5."""
-    from hierclr.config.supervised import supervised_tree, validate_supervised
-    from hierclr.runtime.driver import run_training
+@dataclass(frozen=True)
+class TrainedRun:
+    """One linear / semi-supervised ``hierclr finetune`` run of the evaluation, its config validated up front."""
 
-    proto = getattr(cfg, which)
+    label: str  # "linear", "semi0.01", ...: the MLflow run's protocol tag and the results' prefix
+    config: object  # SupervisedConfig
+    fraction: float | None = None  # semi without subset files: the per-class fraction drawn after the feature pass
+    ids_file: Path | None = None  # ... and where its dataset ids are written
+
+
+def trained_runs(cfg: EvaluateConfig, out: Path, tracking) -> list[TrainedRun]:
+    """The trained protocols' ``hierclr finetune`` configs, validated and their data checked (paths, row count)
+    before Ray starts and before the feature pass, so that a bad ``linear.set`` costs seconds, not the features.
+    ``cfg``'s paths must be absolute (:meth:`EvaluateConfig.with_absolute_paths`): the runs' workers run elsewhere."""
+    from hierclr.config.supervised import supervised_tree, validate_supervised
+    from hierclr.methods import plan_for
+    from hierclr.runtime.runs import check_data_paths, check_row_count
+
     d = cfg.data
-    sets = [f"model.init={cfg.source}", f"model.backbone={cfg.model.backbone}",
-            f"model.cifar_stem={str(cfg.model.cifar_stem).lower()}", f"data.train={d.train}", f"data.val={d.val}",
-            f"data.format={d.format}", f"data.builtin_cache={d.builtin_cache}",
-            f"data.num_cpus={d.num_cpus}", f"data.decode_batch_size={d.decode_batch_size}",
-            f"tracking.uri={tracking.uri}", f"tracking.experiment={tracking.experiment}",
-            f"tracking.enabled={str(cfg.tracking.enabled).lower()}", f"checkpoint.storage_path={out / 'runs'}",
-            f"name={cfg.name}-{which}", f"seed={cfg.seed}", "tracking.log_models=false"]
+    common = [f"model.init={cfg.source}", f"model.backbone={cfg.model.backbone}",
+              f"model.cifar_stem={str(cfg.model.cifar_stem).lower()}", f"data.train={d.train}", f"data.val={d.val}",
+              f"data.format={d.format}", f"data.builtin_cache={d.builtin_cache}",
+              f"data.num_cpus={d.num_cpus}", f"data.decode_batch_size={d.decode_batch_size}",
+              f"tracking.uri={tracking.uri}", f"tracking.experiment={tracking.experiment}",
+              f"tracking.enabled={str(cfg.tracking.enabled).lower()}", f"checkpoint.storage_path={out / 'runs'}",
+              f"seed={cfg.seed}", "tracking.log_models=false"]
     if d.hierarchy:
-        sets.append(f"data.hierarchy={d.hierarchy}")
+        common.append(f"data.hierarchy={d.hierarchy}")
     for key, value in cfg.resources.model_dump().items():
         if value is not None:
-            sets.append(f"resources.{key}={json.dumps(value)}")
-    fcfg = validate_supervised(supervised_tree(proto.config, [*sets, *proto.set, *extra]),
-                               f"{which}.config {proto.config}")
-    res = run_training(fcfg, echo=echo, link=link)
+            common.append(f"resources.{key}={json.dumps(value)}")
+    runs = []
+    for which in ("linear", "semi"):
+        if which not in cfg.protocols:
+            continue
+        proto = getattr(cfg, which)
+        if which == "linear":
+            variants = [("linear", [], None, None)]
+        else:
+            variants = []
+            for i, f in enumerate(cfg.semi.fractions):
+                if cfg.semi.subset_files:
+                    variants.append((f"semi{f:g}", [f"subset.file_list={cfg.semi.subset_files[i]}",
+                                                    "subset.fraction=null", "subset.ids_file=null"], None, None))
+                else:  # a seeded per-class draw from the feature pass's labels, written before the run
+                    ids_file = out / f"subset_{f:g}.npy"
+                    variants.append((f"semi{f:g}", [f"subset.ids_file={ids_file}", "subset.fraction=null",
+                                                    "subset.file_list=null"], f, ids_file))
+        for label, extra, fraction, ids_file in variants:
+            fcfg = validate_supervised(
+                supervised_tree(proto.config, [*common, f"name={cfg.name}-{which}", *proto.set, *extra]),
+                f"{which}.config {proto.config} (protocol {label})")
+            check_data_paths(fcfg)
+            check_row_count(fcfg, plan_for(fcfg))
+            runs.append(TrainedRun(label, fcfg, fraction, ids_file))
+    return runs
+
+
+def _trained_protocol(run: TrainedRun, link: TrackingLink, echo) -> dict[str, float]:
+    """Run one trained protocol; its best and last top-1 / top-5 (and best epoch)."""
+    from hierclr.runtime.driver import run_training
+
+    res = run_training(run.config, echo=echo, link=link)
     hist = [r for r in res.history if "acc/top1" in r]
     if not hist:
         return {}
     best = max(hist, key=lambda r: r["acc/top1"])
     return {"top1_best": best["acc/top1"], "top5_best": best.get("acc/top5", float("nan")),
             "top1_last": hist[-1]["acc/top1"], "top5_last": hist[-1].get("acc/top5", float("nan")),
-            "best_epoch": best["epoch"], "mlflow_run_id": res.mlflow_run_id}
+            "best_epoch": best["epoch"]}
 
 
 def results_table(results: dict[str, float]) -> str:
@@ -212,8 +254,49 @@ def results_table(results: dict[str, float]) -> str:
                      for k, v in results.items())
 
 
+def _make_output_dir(cfg: EvaluateConfig, out: Path) -> None:
+    """Create ``out`` (before Ray: an unwritable ``output_dir`` fails in seconds)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"output_dir {cfg.output_dir} is not writable: {e.strerror or e} ({e.filename or out})") from None
+
+
 def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
-    """Evaluate ``cfg.source`` with ``cfg.protocols``; returns the results and where they were written."""
+    """Evaluate ``cfg.source`` with ``cfg.protocols``; returns the results and where they were written.
+
+    Before Ray starts: every local path is made absolute (the feature and protocol workers run in other
+    directories), the trunk is loaded (a wrong checkpoint names its keys), the data paths and every trained
+    protocol's config are checked, the output directory is created. Each protocol's numbers are written
+    (``results.json``, MLflow) as soon as it finishes (:class:`~hierclr.runtime.eval_results.EvaluationRecord`); a
+    failure keeps them, marks the evaluation's MLflow run FAILED with the cause in ``hierclr.error``, and raises."""
+    from hierclr.models.backbones import build_backbone
+    from hierclr.models.loading import load_backbone
+    from hierclr.runtime.runs import check_data_paths
+    from hierclr.runtime.tracking import resolved_uri
+
+    cfg = cfg.with_absolute_paths()
+    trunk, feature_dim = build_backbone(cfg.model.backbone, cifar_stem=cfg.model.cifar_stem)
+    # fails here, before Ray, on a wrong checkpoint; an mlflow:<run id> source is read from tracking.uri
+    kind = load_backbone(trunk, cfg.source, tracking_uri=resolved_uri(cfg.tracking))
+    weights = {k: v.detach().cpu() for k, v in trunk.state_dict().items()}
+    parent, prototypes = _source_context(cfg.source)
+    check_data_paths(cfg)
+    tracking, parent = _tracking_under(cfg, parent)
+    out = Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trained = trained_runs(cfg, out, tracking)
+    _make_output_dir(cfg, out)
+    try:
+        start_ray(cfg)
+        quiet_ray_data()
+        return _evaluate(cfg, kind, weights, feature_dim, parent, prototypes, tracking, trained, out, echo)
+    finally:
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # failed before writing anything: no empty folder left
+
+
+def _evaluate(cfg: EvaluateConfig, kind: str, weights: dict, feature_dim: int, parent, prototypes, tracking,
+              trained: list[TrainedRun], out: Path, echo) -> EvaluateResult:
     from hierclr.clustering.settings import KMeansSettings
     from hierclr.config.loader import flatten
     from hierclr.data import open_source
@@ -223,21 +306,10 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
         knn_protocol,
         prototype_clustering_protocol,
     )
-    from hierclr.io.atomic import write_atomic
-    from hierclr.models.backbones import build_backbone
-    from hierclr.models.loading import load_backbone
-    from hierclr.runtime.tracking import Tracker, resolved_uri
-
-    trunk, feature_dim = build_backbone(cfg.model.backbone, cifar_stem=cfg.model.cifar_stem)
-    # fails here, before Ray, on a wrong checkpoint; an mlflow:<run id> source is read from tracking.uri
-    kind = load_backbone(trunk, cfg.source, tracking_uri=resolved_uri(cfg.tracking))
-    weights = {k: v.detach().cpu() for k, v in trunk.state_dict().items()}
-    parent, prototypes = _source_context(cfg.source)
-    start_ray(cfg)
-    quiet_ray_data()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(os.path.expanduser(cfg.output_dir)).resolve() / f"{cfg.name}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
+    from hierclr.eval.subsets import per_class_subset
+    from hierclr.runtime.driver import failure_cause
+    from hierclr.runtime.eval_results import EvaluationRecord
+    from hierclr.runtime.tracking import Tracker
 
     train_src = open_source(data_path(cfg.data.train, cfg), format=cfg.data.format, hierarchy=cfg.data.hierarchy,
                             verify=cfg.data.verify_shards)
@@ -248,7 +320,6 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     level_map = train_src.level_map()
     num_classes = len(train_src.classes)
 
-    tracking, parent = _tracking_under(cfg, parent)
     tags = {"hierclr.kind": "evaluation", "hierclr.source": cfg.source, "hierclr.source_kind": kind,
             "hierclr.protocols": ",".join(cfg.protocols)}
     if parent:
@@ -257,10 +328,11 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
     echo(f"hierclr evaluate: {cfg.source} ({kind}, {cfg.model.backbone}) on {cfg.data.train} / {cfg.data.val}; "
          f"protocols {', '.join(cfg.protocols)}; output {out}; MLflow "
          f"{'run ' + tracker.run_id + (' nested under ' + parent if parent else '') if tracker.enabled else 'off'}")
-
-    results: dict[str, float] = {}
+    record = EvaluationRecord(out / "results.json", {
+        "source": cfg.source, "source_kind": kind, "backbone": cfg.model.backbone, "data": cfg.data.train,
+        "protocols": list(cfg.protocols), "mlflow_run_id": tracker.run_id, "parent_run_id": parent}, tracker)
     feats = None
-    status = "FAILED"
+    step = None
     try:
         cm = cfg.clustering.methods
         need = {"knn": ("train", "val"), "hierarchy": ("train",), "semi": () if cfg.semi.subset_files else ("train",),
@@ -268,93 +340,81 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
                 + (("train",) if "prototypes" in cm and prototypes is not None else ())}
         splits = sorted({s for p in cfg.protocols for s in need.get(p, ())} | ({"val"} if cfg.plot != "none" else set()))
         if splits:
+            step = "features"
             t0 = time.perf_counter()
             feats = extract_features(cfg, weights, feature_dim, {s: {"train": train_src, "val": val_src}[s]
                                                                   for s in splits}, str(out), "features")
-            results["time/features"] = time.perf_counter() - t0
+            record.add(step, {"time/features": time.perf_counter() - t0})
         if "knn" in cfg.protocols:
+            step = "knn"
             tr, va = feats["train"], feats["val"]
-            results.update(knn_protocol(tr["feats"][tr["labels"] >= 0], tr["labels"][tr["labels"] >= 0],
-                                        va["feats"][va["labels"] >= 0], va["labels"][va["labels"] >= 0],
-                                        ks=cfg.knn.ks, temperature=cfg.knn.temperature, num_classes=num_classes,
-                                        backend=cfg.knn.backend, chunk_size=cfg.knn.chunk_size))
+            record.add(step, knn_protocol(tr["feats"][tr["labels"] >= 0], tr["labels"][tr["labels"] >= 0],
+                                          va["feats"][va["labels"] >= 0], va["labels"][va["labels"] >= 0],
+                                          ks=cfg.knn.ks, temperature=cfg.knn.temperature, num_classes=num_classes,
+                                          backend=cfg.knn.backend, chunk_size=cfg.knn.chunk_size))
         if "clustering" in cfg.protocols and "prototypes" in cm:  # the paper's (Table 4)
+            step = "clustering/prototypes"
             s = feats["train"] if prototypes is not None else None
             assigns = _prototype_rows(prototypes, train_src, s["ids"]) if s is not None else None
             if assigns is None:
                 echo("clustering: prototypes (the paper's protocol) skipped: the source has no prototypes computed "
                      f"on {cfg.data.train}")
             else:
-                results.update(prototype_clustering_protocol(assigns, s["labels"], cfg.clustering.prototype_levels))
+                record.add(step, prototype_clustering_protocol(assigns, s["labels"], cfg.clustering.prototype_levels))
         if "clustering" in cfg.protocols and "kmeans" in cm:  # the HIRL script's
+            step = "clustering/kmeans"
             s = feats[cfg.clustering.split]
             keep = s["labels"] >= 0
             ks = cfg.clustering.ks or (num_classes, num_classes * cfg.clustering.overcluster)
             ks = tuple(k for k in ks if k <= keep.sum())
-            results.update(clustering_protocol(s["feats"][keep], s["labels"][keep], ks,
-                                               KMeansSettings(nredo=cfg.clustering.nredo, seed=cfg.seed)))
+            record.add(step, clustering_protocol(s["feats"][keep], s["labels"][keep], ks,
+                                                 KMeansSettings(nredo=cfg.clustering.nredo, seed=cfg.seed)))
         if "hierarchy" in cfg.protocols:
+            step = "hierarchy"
             s = feats["train"]
             keep = s["labels"] >= 0
             by_level = level_map[s["labels"][keep]]
             assigns = None
             if cfg.hierarchy.prototypes and prototypes is not None:
                 assigns = _prototype_rows(prototypes, train_src, s["ids"][keep])
-            results.update(hierarchy_protocol(s["feats"][keep], by_level, prototype_assignments=assigns,
-                                              seed=cfg.seed, max_samples=cfg.hierarchy.max_samples))
-        for which in ("linear", "semi"):
-            if which not in cfg.protocols:
-                continue
-            runs = [(which, [])] if which == "linear" else [
-                (f"semi{f:g}", _subset_sets(i, feats, cfg, out)) for i, f in enumerate(cfg.semi.fractions)]
-            for label, extra in runs:
-                link = TrackingLink(parent_run_id=tracker.run_id, run_name=f"{cfg.name} {label}",
-                                    tags={"hierclr.protocol": label})
-                scores = _trained_protocol(cfg, which, extra, out, link, tracking, echo)
-                results.update({f"{label}/{k}": v for k, v in scores.items() if k != "mlflow_run_id"})
-        status = "FINISHED"
-    finally:
-        if status == "FAILED":
-            tracker.finish("FAILED")
-
-    table = results_table(results)
-    echo("hierclr evaluate results:\n" + table)
-    payload = {"source": cfg.source, "source_kind": kind, "backbone": cfg.model.backbone, "data": cfg.data.train,
-               "protocols": list(cfg.protocols), "results": results, "mlflow_run_id": tracker.run_id,
-               "parent_run_id": parent}
-    results_path = out / "results.json"
-    write_atomic(results_path, json.dumps(payload, indent=2).encode())
-    tracker.log_metrics(0, results)
-    tracker.log_dict(payload, "results.json")
-    tracker.log_text(table + "\n", "results.txt")
-    tracker.log_text(cfg.to_yaml(), "config/evaluate.yaml")
-    if cfg.plot != "none" and feats is not None:
-        _log_embedding_plot(tracker, feats["val"], level_map, train_src, cfg, out)
+            record.add(step, hierarchy_protocol(s["feats"][keep], by_level, prototype_assignments=assigns,
+                                                seed=cfg.seed, max_samples=cfg.hierarchy.max_samples))
+        for run in trained:
+            step = run.label
+            if run.ids_file is not None:  # semi: this fraction's seeded per-class draw from the feature labels
+                tr = feats["train"]
+                _save_ids(run.ids_file, per_class_subset(tr["ids"], tr["labels"], run.fraction, seed=cfg.seed))
+            link = TrackingLink(parent_run_id=tracker.run_id, run_name=f"{cfg.name} {run.label}",
+                                tags={"hierclr.protocol": run.label})
+            scores = _trained_protocol(run, link, echo)
+            record.add(step, {f"{run.label}/{k}": v for k, v in scores.items()})
+        step = "outputs"
+        results = record.results
+        table = results_table(results)
+        echo("hierclr evaluate results:\n" + table)
+        payload = record.finish()
+        tracker.log_dict(payload, "results.json")
+        tracker.log_text(table + "\n", "results.txt")
+        tracker.log_text(cfg.to_yaml(), "config/evaluate.yaml")
+        if cfg.plot != "none" and feats is not None:
+            _log_embedding_plot(tracker, feats["val"], level_map, train_src, cfg, out)
+    except Exception as err:
+        record.fail(step, failure_cause(err))
+        tracker.finish("FAILED")
+        raise
+    except BaseException:  # Ctrl-C: stopped, not failed; results.json keeps status "running" and what was done
+        tracker.finish("KILLED")
+        raise
     run_id = tracker.run_id
     tracker.finish("FINISHED")
-    return EvaluateResult(results=results, output_dir=str(out), results_path=str(results_path),
+    return EvaluateResult(results=results, output_dir=str(out), results_path=str(record.path),
                           mlflow_run_id=run_id, parent_run_id=parent)
 
 
-def _subset_sets(index: int, feats, cfg: EvaluateConfig, out: Path) -> list[str]:
-    """``subset.*`` overrides for the semi-supervised run of ``semi.fractions[index]``: its file list
-    (``semi.subset_files``, the standard ImageNet subsets) when given, else the ids of a seeded per-class
-    fraction (from the feature pass's labels, written to ``subset_<f>.npy``)."""
-    from hierclr.eval.subsets import per_class_subset
-
-    fraction = cfg.semi.fractions[index]
-    if cfg.semi.subset_files:
-        return [f"subset.file_list={cfg.semi.subset_files[index]}", "subset.fraction=null", "subset.ids_file=null"]
-    if feats is None or "train" not in feats:
-        return [f"subset.fraction={fraction}", "subset.ids_file=null", "subset.file_list=null",
-                f"subset.seed={cfg.seed}"]
-    tr = feats["train"]
-    ids = per_class_subset(tr["ids"], tr["labels"], fraction, seed=cfg.seed)
-    path = out / f"subset_{fraction:g}.npy"
+def _save_ids(path: Path, ids: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, ids)
     path.write_bytes(buf.getvalue())
-    return [f"subset.ids_file={path}", "subset.fraction=null", "subset.file_list=null"]
 
 
 def _log_embedding_plot(tracker, val: dict, level_map: np.ndarray, source, cfg: EvaluateConfig, out: Path) -> None:
