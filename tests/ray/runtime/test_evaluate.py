@@ -37,16 +37,20 @@ def _pretrain_checkpoint(tmp: Path, tracking_uri: str) -> tuple[Path, str, MoCo]
     return ckpt.parent, run_id, moco
 
 
-def test_evaluate_every_protocol_nested_under_the_pretraining_run(ray_session, tmp_path, digits_cache):
+def test_evaluate_every_protocol_nested_under_the_pretraining_run(ray_session, tmp_path, digits_cache, monkeypatch):
+    """Also issue 19 item 1: the source, output and MLflow store are given relative to the working directory (as
+    the README writes them), which is not the Ray workers' (Ray started before the chdir)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir, parent, moco = _pretrain_checkpoint(tmp_path, uri)
+    monkeypatch.chdir(tmp_path)
     short = ["optim.epochs=2", "optim.milestones=[1]", "optim.batch_size=32"]
     cfg = load_evaluate_config("digits", [
-        f"source={run_dir}", "model.backbone=resnet10", f"data.builtin_cache={digits_cache}",
-        "data.train=builtin://digits/val", "data.decode_batch_size=64", f"tracking.uri={uri}",
-        f"output_dir={tmp_path}/eval", "knn.ks=[5,10]", "clustering.overcluster=3", f"linear.set={short}",
+        f"source={run_dir.name}", "model.backbone=resnet10", f"data.builtin_cache={digits_cache}",
+        "data.train=builtin://digits/val", "data.decode_batch_size=64", "tracking.uri=sqlite:///mlflow.db",
+        "output_dir=eval", "knn.ks=[5,10]", "clustering.overcluster=3", f"linear.set={short}",
         f"semi.set={short}", "semi.fractions=[0.5]", "plot_points=200"])
     result = run_evaluate(cfg, echo=lambda *a: None)
+    assert Path(result.output_dir).parent == tmp_path / "eval"
     r = result.results
     for key in ("knn/top1_k5", "knn/top5_k5", "knn/top1_k10", "knn/top1_best", "clustering/kmeans_k10/nmi",
                 "clustering/kmeans_k10/ami", "clustering/kmeans_k10/acc", "clustering/kmeans_k30/acc",
@@ -98,6 +102,9 @@ def test_evaluate_every_protocol_nested_under_the_pretraining_run(ray_session, t
     # results.json, MLflow: nested under the pretraining run, with the trained protocols nested below it
     payload = json.loads(Path(result.results_path).read_text())
     assert payload["results"] == r and payload["source_kind"] == "hierclr-pretrain"
+    assert payload["status"] == "finished" and payload["source"] == str(run_dir)
+    assert payload["done"] == ["features", "knn", "clustering/prototypes", "clustering/kmeans", "hierarchy", "linear",
+                               "semi0.5"]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -110,6 +117,8 @@ def test_evaluate_every_protocol_nested_under_the_pretraining_run(ray_session, t
     children = client.search_runs([run.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert sorted(c.data.tags["hierclr.protocol"] for c in children) == ["linear", "semi0.5"]
+    assert {c.data.params["model.init"] for c in children} == {str(run_dir)}  # absolute for the workers
+    assert all(c.info.status == "FINISHED" for c in children)
     semi = next(c for c in children if c.data.tags["hierclr.protocol"] == "semi0.5")
     assert semi.data.params["subset.ids_file"].endswith("subset_0.5.npy")
     assert len(np.load(semi.data.params["subset.ids_file"])) == pytest.approx(180, abs=6)  # half of every class
