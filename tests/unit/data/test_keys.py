@@ -95,19 +95,23 @@ def test_finetune_subset_from_a_file_list(tmp_path):
         load_supervised_config("digits-finetune", [f"subset.file_list={lst}", "subset.fraction=0.1"])
 
 
-def test_evaluate_passes_the_standard_lists_else_seeded_draws(tmp_path):
+def test_evaluate_passes_the_standard_lists_else_seeded_draws(tmp_path, digits_cache):
     from hierclr.config.evaluate import load_evaluate_config
-    from hierclr.runtime.evaluate import _subset_sets
+    from hierclr.runtime.evaluate import trained_runs
 
     files = ["s3://b/imagenet/1percent.txt", "s3://b/imagenet/10percent.txt"]
-    cfg = load_evaluate_config("digits", ["source=x", f"semi.subset_files={json.dumps(files)}",
-                                          "semi.fractions=[0.01,0.1]"])
-    assert _subset_sets(1, None, cfg, tmp_path) == [f"subset.file_list={files[1]}", "subset.fraction=null",
-                                                   "subset.ids_file=null"]
-    seeded = load_evaluate_config("digits", ["source=x", "semi.fractions=[0.5]"])
-    feats = {"train": {"ids": np.arange(20), "labels": np.arange(20) % 2}}
-    sets = _subset_sets(0, feats, seeded, tmp_path)
-    assert sets[0].startswith("subset.ids_file=") and np.load(sets[0].split("=", 1)[1]).shape == (10,)
+    cfg = load_evaluate_config("digits", ["source=x", f"data.builtin_cache={digits_cache}", "protocols=[semi]",
+                                          f"semi.subset_files={json.dumps(files)}", "semi.fractions=[0.01,0.1]"])
+    runs = trained_runs(cfg.with_absolute_paths(), tmp_path, cfg.tracking)
+    assert [r.label for r in runs] == ["semi0.01", "semi0.1"]
+    sub = runs[1].config.subset
+    assert (sub.file_list, sub.fraction, sub.ids_file, runs[1].ids_file) == (files[1], None, None, None)
+    seeded = load_evaluate_config("digits", ["source=x", f"data.builtin_cache={digits_cache}", "protocols=[semi]",
+                                             "semi.fractions=[0.5]"])
+    (run,) = trained_runs(seeded.with_absolute_paths(), tmp_path, seeded.tracking)
+    # the ids of the seeded per-class draw are written there after the feature pass, before the run starts
+    assert run.config.subset.ids_file == str(tmp_path / "subset_0.5.npy") and run.ids_file == tmp_path / "subset_0.5.npy"
+    assert run.fraction == 0.5 and run.config.subset.fraction is None
     with pytest.raises(ValueError, match="semi.subset_files has 1 files for 2 semi.fractions"):
         load_evaluate_config("digits", ["source=x", f"semi.subset_files={json.dumps(files[:1])}",
                                         "semi.fractions=[0.01,0.1]"])
