@@ -8,8 +8,9 @@ itself can change between tests.
 
 A fault: ``{"point": "train_step" | "kmeans_actor", "times": 1, "action": "raise" | "exit", <where>...}``
 where the other keys must all equal the keyword arguments of the ``trigger`` call (``epoch``, ``rank``,
-``step`` for ``train_step``; ``actor``, ``method`` for ``kmeans_actor``). Each fault fires ``times`` times in
-all, counted across processes and restarts with marker files next to the plan (``<plan>.<index>.<n>``).
+``step`` for ``train_step``; ``actor``, ``method`` for ``kmeans_actor``, and ``epoch`` for its ``cluster`` and
+``build``). Each fault fires ``times`` times in all, counted across processes and restarts with marker files
+next to the plan (``<plan>.<index>.<n>``).
 ``raise`` raises :class:`InjectedFault`; ``exit`` ends the process at once (``os._exit(1)``), as a crash would.
 """
 from __future__ import annotations

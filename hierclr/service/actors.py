@@ -90,8 +90,8 @@ class KMeansActor:
     def ping(self) -> int:
         return os.getpid()
 
-    def _fault_point(self, method: str) -> None:
-        trigger("kmeans_actor", actor=self.index, method=method)  # tests' fault plan (hierclr.runtime.faults)
+    def _fault_point(self, method: str, **where) -> None:
+        trigger("kmeans_actor", actor=self.index, method=method, **where)  # tests' fault plan (runtime.faults)
 
     def release(self) -> None:
         """Forget the epoch's rows (called after every E-step so features do not stay in memory)."""
@@ -154,7 +154,7 @@ class KMeansActor:
     @ray.method(num_returns=2)
     def cluster(self, job: ClusteringJob, epoch: int) -> tuple[Prototypes, tuple[LevelStats, ...]]:
         """Single-actor E-step over every row this actor holds (all of them)."""
-        self._fault_point("cluster")
+        self._fault_point("cluster", epoch=epoch)
         order = np.argsort(self._positions)
         x, ids = self._x[torch.from_numpy(order).to(self.device)], self._ids[order]
         settings = self._settings(job, distributed=False)
@@ -169,7 +169,7 @@ class KMeansActor:
         self, job: ClusteringJob, level0: Sequence[KMeansResult], ids: np.ndarray, epoch: int
     ) -> tuple[Prototypes, tuple[LevelStats, ...]]:
         """Prototypes from distributed level-0 results: the tree above (hcsc) or the flat pack (pcl)."""
-        self._fault_point("build")
+        self._fault_point("build", epoch=epoch)
         if job.method == "pcl":
             self._settings(job, distributed=True)  # the warning only: flat prototypes need no more K-means
             protos = flat_prototypes(level0, job.clustering, epoch=epoch)

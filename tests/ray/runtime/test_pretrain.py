@@ -51,11 +51,13 @@ SELECTION = [f"selection/{m}_l{level}" for m in ("precision", "recall", "kept_tr
 
 
 # The faults of the shared run (indices name their markers, ``<plan>.<index>.0``): the clustering actor dies in
-# its first E-step (epoch 1, first part), a worker raises in epoch 2 (resumed part, restarted from the epoch-1
-# checkpoint: checkpoint.max_failures=1).
-ACTOR_EXIT, WORKER_RAISE = 0, 1
+# its first E-step (epoch 1, first part: Ray restarts it and the E-step is retried); in the resumed part, run with
+# service.max_restarts=0, the actor dies in epoch 2's E-step for good (the coordinator replaces it), then a worker
+# raises in epoch 2 and the worker group restarts from the epoch-1 checkpoint (checkpoint.max_failures=1).
+ACTOR_EXIT, WORKER_RAISE, ACTOR_LOST = 0, 1, 2
 PLAN = [{"point": "kmeans_actor", "actor": 0, "method": "cluster", "action": "exit"},
-        {"point": "train_step", "epoch": 2, "rank": 1, "step": 2}]
+        {"point": "train_step", "epoch": 2, "rank": 1, "step": 2},
+        {"point": "kmeans_actor", "actor": 0, "method": "cluster", "epoch": 2, "action": "exit"}]
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +65,19 @@ def pretrained(ray_session, tmp_path_factory, digits_cache, fault_plan_file):
     """One 4-epoch HCSC run on 2 workers that every test below reads (each end-to-end run costs a Ray Train
     start-up and minutes of ResNet on 2 cores, so the run carries every event they check): stopped after
     epoch 1 (``--stop-after-epoch``) with the clustering actor killed during that part's E-step, then resumed
-    (``--resume latest``) with a worker failing in epoch 2 and restarted from the epoch-1 checkpoint."""
+    (``--resume latest``) with the clustering actor lost for good in epoch 2's E-step and, after it, a worker failing
+    in epoch 2 and the worker group restarted from the epoch-1 checkpoint."""
     tmp = tmp_path_factory.mktemp("pretrain")
     cfg = tiny_config(tmp, digits_cache, "optim.epochs=4", "checkpoint.max_failures=1")
     write_plan(fault_plan_file, PLAN)
+    markers = [Path(f"{fault_plan_file}.{i}.0") for i in range(len(PLAN))]
     try:
         first = run_training(cfg, stop_after_epoch=1, echo=lambda *a: None)
-        fired_first = [Path(f"{fault_plan_file}.{i}.0").is_file() for i in range(len(PLAN))]
+        fired_first = [m.is_file() for m in markers]
         saved = load_checkpoint(first.checkpoint)
-        result = run_training(cfg, resume="latest", echo=lambda *a: None)
-        fired = [Path(f"{fault_plan_file}.{i}.0").is_file() for i in range(len(PLAN))]
+        result = run_training(cfg.model_copy(update={"service": cfg.service.model_copy(update={"max_restarts": 0})}),
+                              resume="latest", echo=lambda *a: None)
+        fired = [m.stat().st_mtime_ns if m.is_file() else 0 for m in markers]  # when each fault fired (0: never)
     finally:
         write_plan(fault_plan_file, [])
     return SimpleNamespace(cfg=cfg, tmp=tmp, first=first, saved=saved, result=result, fired_first=fired_first,
@@ -193,6 +198,26 @@ def test_worker_failure_restarts_from_last_checkpoint(pretrained):
     assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
     client = _mlflow(pretrained.cfg)
     assert _steps(client, result.mlflow_run_id, "loss/total") == [0, 1, 2, 3]
+
+
+def test_a_worker_group_restart_after_the_clustering_actor_was_lost_reruns_the_estep(pretrained):
+    """Issue 18 item 4: the actor died for good in epoch 2's E-step (max_restarts=0) and the coordinator replaced
+    it; then a worker failed and Ray Train restarted the worker group. The service outlived the group, and the
+    restarted group's E-step of epoch 2, re-run from its workers' shards, completed at the first attempt on the
+    replacement (the dead actor would have cost a failed attempt). Each epoch is recorded once."""
+    assert not pretrained.fired_first[ACTOR_LOST]
+    assert 0 < pretrained.fired[ACTOR_LOST] < pretrained.fired[WORKER_RAISE]  # the actor was lost, then the restart
+    result = pretrained.result
+    assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
+    restarted = result.history[2]  # the epoch-2 attempt that lost the actor never reported: this is the re-run
+    assert restarted["cluster/attempts"] == 1 and restarted["cluster/level0/num_prototypes"] == 16
+    assert restarted["loss/prototype"] > 0 and result.history[3]["cluster/attempts"] == 1
+    client = _mlflow(pretrained.cfg)
+    for key in ("loss/total", "epoch"):
+        assert _steps(client, result.mlflow_run_id, key) == [0, 1, 2, 3], key
+    assert _steps(client, result.mlflow_run_id, "cluster/attempts") == [1, 2, 3]
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED" and "hierclr.error" not in run.data.tags
 
 
 def test_a_diverging_run_fails_with_its_step_and_writes_nothing(ray_session, tmp_path, digits_cache):
