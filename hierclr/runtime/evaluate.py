@@ -399,8 +399,10 @@ def _evaluate(cfg: EvaluateConfig, kind: str, weights: dict, feature_dim: int, p
         if cfg.plot != "none" and feats is not None:
             _log_embedding_plot(tracker, feats["val"], level_map, train_src, cfg, out)
     except Exception as err:
-        record.fail(step, failure_cause(err))
-        tracker.finish("FAILED")
+        try:
+            record.fail(step, failure_cause(err))
+        finally:
+            tracker.finish("FAILED")
         raise
     except BaseException:  # Ctrl-C: stopped, not failed; results.json keeps status "running" and what was done
         tracker.finish("KILLED")
