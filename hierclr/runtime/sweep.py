@@ -33,6 +33,7 @@ from hierclr.config.loader import flatten
 from hierclr.config.pretrain import PretrainConfig
 from hierclr.config.sections import TrackingSection
 from hierclr.config.sweep import SweepConfig, warmup_epochs
+from hierclr.runtime import console
 from hierclr.runtime.sweep_summary import (
     TrialRow,
     best_trial,
@@ -214,7 +215,8 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
                     search_alg=BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrent),
                     trial_dirname_creator=lambda t: t.trial_id),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=str(Path(sweep_dir).parent),
-                                          failure_config=tune.FailureConfig(max_failures=0)),
+                                          failure_config=tune.FailureConfig(max_failures=0),
+                                          **console.tune_run_options(sweep.metric, list(sweep.space))),
             )
         grid = tuner.fit()
     except BaseException:

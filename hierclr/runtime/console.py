@@ -1,0 +1,66 @@
+"""What a hierclr command prints, set in one place before Ray starts.
+
+Quiet by default: Ray's start line, hierclr's header, one line per epoch, the summary, and warnings; ``hierclr -v``
+leaves every Ray library's console output as Ray prints it (and hierclr's INFO logs). Each switch is Ray's own:
+
+- ``RAY_TRAIN_ENABLE_PRINT_PATCH=0``: Ray Train V2 turns a worker's ``print`` into a log record (stderr) and, as
+  Ray wraps the worker's stdout, prints it on stdout too: every epoch line came twice. Train propagates this
+  variable from the driver to its controller and workers itself.
+- ``RAY_AIR_NEW_OUTPUT=0``: Tune's classic ``CLIReporter`` (:func:`tune_run_options`: a table with chosen columns)
+  instead of the new output's boxes of every metric of every trial.
+- ``ray.train.LoggingConfig(log_level=...)`` (:func:`train_log_level`): Train's ``Reporting training result``
+  dump of every metric, per epoch and worker, is INFO.
+- On a Train worker Train sets the root logger to INFO, so any library's INFO records reach the console (faiss's
+  CPU-feature lines at import, Ray Data's execution plans): :func:`quiet_worker` puts it back to WARNING.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+VERBOSE_ENV = "HIERCLR_VERBOSE"
+QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+def setup(verbose: bool) -> None:
+    """The driver's logging and the environment Ray reads (a value the user set is kept)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    if not verbose:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def train_log_level() -> str:
+    """Ray Train's console level for its own ``ray.train`` records (``RunConfig(logging_config=...)``)."""
+    return "INFO" if verbose() else "WARNING"
+
+
+def quiet_worker(verbose_run: bool) -> None:
+    """On a Ray Train worker, after Train configured its logging: library INFO records stay in Train's log files."""
+    if not verbose_run:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def tune_run_options(metric: str, params: list[str]) -> dict:
+    """``tune.RunConfig`` options for a sweep: Tune's table (each trial's status, its swept params, epochs done and
+    the sweep's metric) at most once a minute and at the end; none (Tune's default output) with ``-v`` or when
+    Tune's new output is on (it ignores a reporter)."""
+    if verbose() or os.environ.get("RAY_AIR_NEW_OUTPUT") != "0":
+        return {}
+    from ray.tune import CLIReporter
+
+    reporter = CLIReporter(metric_columns={"epochs_done": "epochs", metric: metric},
+                           parameter_columns={p: p.split(".")[-1] for p in params}, max_report_frequency=60,
+                           print_intermediate_tables=True)
+    return {"progress_reporter": reporter, "verbose": 1}  # 1: status tables only, no per-result dumps
+
+
+def interrupted_line(command: str, resume: str | None) -> str:
+    """The one line a Ctrl-C ends a command with."""
+    return f"hierclr {command}: interrupted" + (f"; resume with: {resume}" if resume else "")
