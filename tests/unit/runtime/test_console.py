@@ -70,8 +70,8 @@ def test_v_before_or_after_the_verb(argv, verbose):
 
 
 @pytest.mark.parametrize("raised, line", [
-    ("run", "hierclr pretrain: interrupted; resume with: hierclr pretrain --config demo --set optim.epochs=2 "
-            "--resume demo-20261204-230000"),
+    ("run", ("hierclr pretrain: interrupted; resume with: hierclr pretrain --config demo --set optim.epochs=2 "
+             "--resume demo-20261204-230000")),
     ("none", "hierclr pretrain: interrupted"),  # no checkpoint yet: nothing to resume
     ("plain", "hierclr pretrain: interrupted"),
 ])
