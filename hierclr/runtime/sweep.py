@@ -69,6 +69,7 @@ class TrialContext:
     tracking: dict
     parent_run_id: str | None
     stop_board: str | None = None
+    verbose: bool = False  # hierclr -v on the sweep's command line (the trial is its Train run's driver)
 
 
 def _short_params(params: dict[str, Any]) -> str:
@@ -99,6 +100,7 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     from hierclr.runtime.runs import TrackingLink
 
     trial_id = tune.get_context().get_trial_id()
+    console.setup(ctx.verbose)  # this process drives the trial's Train run: the same console as the sweep's
     sweep = SweepConfig.model_validate(ctx.sweep)
     link = TrackingLink(parent_run_id=ctx.parent_run_id,
                         run_key=TRIAL_KEY.format(dir=ctx.sweep_dir, trial=trial_id),
@@ -189,7 +191,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
     if board:
         get_board(board)
     ctx = TrialContext(sweep=sweep.model_dump(mode="json"), sweep_dir=sweep_dir, tracking=tracking,
-                       parent_run_id=parent_run_id, stop_board=board)
+                       parent_run_id=parent_run_id, stop_board=board, verbose=console.verbose())
     concurrent = _concurrency(sweep, cfg0, echo)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": sweep.trial_cpus})
     max_t = sweep.max_t(cfg0)
