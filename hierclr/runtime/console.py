@@ -10,16 +10,24 @@ leaves every Ray library's console output as Ray prints it (and hierclr's INFO l
   instead of the new output's boxes of every metric of every trial.
 - ``ray.train.LoggingConfig(log_level=...)`` (:func:`train_log_level`): Train's ``Reporting training result``
   dump of every metric, per epoch and worker, is INFO.
+- ``RAY_DATA_LOGGING_CONFIG`` (``ray_data_logging.yaml``): Ray Data's console at WARNING, and its "Progress bars
+  disabled" notice (hierclr disables the bars, which would interleave with the epoch lines) to its log file only;
+  read by every process a local Ray starts (a cluster's workers keep Ray Data's default).
 - On a Train worker Train sets the root logger to INFO, so any library's INFO records reach the console (faiss's
-  CPU-feature lines at import, Ray Data's execution plans): :func:`quiet_worker` puts it back to WARNING.
+  CPU-feature lines at import): :func:`quiet_worker` puts it back to WARNING.
+- The driver's "Token authentication is enabled" notice (Ray's default for a new local Ray, said on every command)
+  stays in Ray's log.
 """
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 VERBOSE_ENV = "HIERCLR_VERBOSE"
-QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_AIR_NEW_OUTPUT": "0"}
+QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_AIR_NEW_OUTPUT": "0",
+             "RAY_DATA_LOGGING_CONFIG": str(Path(__file__).with_name("ray_data_logging.yaml"))}
+QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
 
 
 def setup(verbose: bool) -> None:
@@ -30,6 +38,8 @@ def setup(verbose: bool) -> None:
     if not verbose:
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def verbose() -> bool:

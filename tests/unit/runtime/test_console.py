@@ -106,3 +106,21 @@ def test_a_run_interrupted_before_its_first_checkpoint_has_nothing_to_resume(cle
     with pytest.raises(driver.RunInterrupted) as info:
         driver.run_training(cfg)
     assert info.value.resumable_run.startswith("demo-")
+
+
+def test_ray_data_console_keeps_warnings_and_drops_the_progress_notice(tmp_path):
+    """The shipped Ray Data logging config, as Ray Data itself reads it (in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging, ray.data\n"
+            "logging.getLogger('ray.data._internal.progress').warning('NOTICE-progress-bars-disabled')\n"
+            "logging.getLogger('ray.data._internal.execution').info('INFO-execution-plan')\n"
+            "logging.getLogger('ray.data._internal.execution').warning('WARNING-backpressure')\n")
+    env = {**os.environ, "RAY_DATA_LOGGING_CONFIG": console.QUIET_ENV["RAY_DATA_LOGGING_CONFIG"]}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
+    text = out.stdout + out.stderr
+    assert "WARNING-backpressure" in text
+    assert "NOTICE-progress-bars-disabled" not in text and "INFO-execution-plan" not in text
