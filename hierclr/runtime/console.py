@@ -15,6 +15,7 @@ leaves every Ray library's console output as Ray prints it (and hierclr's INFO l
   read by every process a local Ray starts (a cluster's workers keep Ray Data's default).
 - On a Train worker Train sets the root logger to INFO, so any library's INFO records reach the console (faiss's
   CPU-feature lines at import): :func:`quiet_worker` puts it back to WARNING.
+- ``MLFLOW_LOGGING_LEVEL=WARNING``: MLflow's INFO lines ("Creating initial MLflow database tables", ...).
 - The driver's "Token authentication is enabled" notice (Ray's default for a new local Ray, said on every command)
   stays in Ray's log.
 """
@@ -25,7 +26,7 @@ import os
 from pathlib import Path
 
 VERBOSE_ENV = "HIERCLR_VERBOSE"
-QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_AIR_NEW_OUTPUT": "0",
+QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_AIR_NEW_OUTPUT": "0", "MLFLOW_LOGGING_LEVEL": "WARNING",
              "RAY_DATA_LOGGING_CONFIG": str(Path(__file__).with_name("ray_data_logging.yaml"))}
 QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
 
