@@ -124,3 +124,39 @@ def test_ray_data_console_keeps_warnings_and_drops_the_progress_notice(tmp_path)
     text = out.stdout + out.stderr
     assert "WARNING-backpressure" in text
     assert "NOTICE-progress-bars-disabled" not in text and "INFO-execution-plan" not in text
+
+
+def test_the_epoch_line_has_the_chosen_numbers():
+    from types import SimpleNamespace
+
+    from hierclr.config.pretrain import load_config
+    from hierclr.methods.contrastive import Contrastive
+
+    method = SimpleNamespace(cfg=load_config("demo"))  # epoch_line reads the config only
+    row = {"epoch": 3.0, "lr": 0.004393, "loss/total": 20.23741, "train/images_per_s": 70.2, "knn/top1_best": 0.9443,
+           "knn/best_k": 20.0, "time/embed": 1.5, "time/cluster": 0.04, "time/broadcast": 0.1, "time/train": 20.1,
+           "time/epoch": 23.46, "cluster/level0/size_max": 99.0}
+    assert Contrastive.epoch_line(method, row) == ("hierclr | epoch 3/3 | loss 20.2374 | lr 0.004393 | 70 img/s | "
+                                                   "kNN top-1 0.9443 (k=20) | 23.5s (E-step 1.6s)")
+    warmup = {k: v for k, v in row.items() if not k.startswith(("knn/", "time/embed", "time/cluster", "time/broad"))}
+    assert Contrastive.epoch_line(method, {**warmup, "epoch": 0.0}) == (
+        "hierclr | epoch 0/3 | loss 20.2374 | lr 0.004393 | 70 img/s | 23.5s")
+
+
+def test_the_summary_is_one_json_line_with_the_last_epochs_numbers(monkeypatch, capsys):
+    import argparse
+    import json
+
+    from hierclr.commands.common import train_and_report
+    from hierclr.runtime import driver
+
+    history = [{"epoch": e, "lr": 0.1, "loss/total": 1.0 / (e + 1), "time/train": 9.0} for e in range(3)]
+    result = driver.RunResult(run_dir="/r/demo-1", checkpoint="/r/demo-1/checkpoint_2", history=history,
+                              best={"epoch": 1, "knn_top1": 0.5}, mlflow_run_id="abc")
+    monkeypatch.setattr(driver, "run_training", lambda cfg, **kw: result)
+    args = argparse.Namespace(command="pretrain", resume=None, stop_after_epoch=None)
+    assert train_and_report(object(), args, lambda k: k in ("epoch", "loss/total")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["last_epoch"] == {"epoch": 2, "loss/total": 0.3333} and summary["best"]["epoch"] == 1
