@@ -13,8 +13,10 @@ leaves every Ray library's console output as Ray prints it (and hierclr's INFO l
 - ``RAY_DATA_LOGGING_CONFIG`` (``ray_data_logging.yaml``): Ray Data's console at WARNING, and its "Progress bars
   disabled" notice (hierclr disables the bars, which would interleave with the epoch lines) to its log file only;
   read by every process a local Ray starts (a cluster's workers keep Ray Data's default).
-- On a Train worker Train sets the root logger to INFO, so any library's INFO records reach the console (faiss's
-  CPU-feature lines at import): :func:`quiet_worker` puts it back to WARNING.
+- On a Train worker Train sets the root logger to INFO, so any library's INFO records reach the console:
+  :func:`quiet_worker` puts it back to WARNING once the loop starts, and Ray's ``worker_process_setup_hook``
+  (:func:`ray_runtime_env`) sets faiss's logger to WARNING in every worker process before hierclr's modules import
+  faiss (its CPU-feature lines, 8 per worker).
 - ``MLFLOW_LOGGING_LEVEL=WARNING``: MLflow's INFO lines ("Creating initial MLflow database tables", ...).
 - The driver's "Token authentication is enabled" notice (Ray's default for a new local Ray, said on every command)
   stays in Ray's log.
@@ -56,6 +58,16 @@ def quiet_worker(verbose_run: bool) -> None:
     """On a Ray Train worker, after Train configured its logging: library INFO records stay in Train's log files."""
     if not verbose_run:
         logging.getLogger().setLevel(logging.WARNING)
+
+
+def ray_runtime_env() -> dict:
+    """``ray.init(runtime_env=...)``: quiet every worker process of the job from its start (none with ``-v``)."""
+    return {} if verbose() else {"worker_process_setup_hook": "hierclr.runtime.console.quiet_worker_process"}
+
+
+def quiet_worker_process() -> None:
+    """Ray's ``worker_process_setup_hook``: runs in each worker process before any task or actor."""
+    logging.getLogger("faiss").setLevel(logging.WARNING)
 
 
 def tune_run_options(metric: str, params: list[str]) -> dict:

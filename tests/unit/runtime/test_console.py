@@ -160,3 +160,25 @@ def test_the_summary_is_one_json_line_with_the_last_epochs_numbers(monkeypatch, 
     assert len(lines) == 1
     summary = json.loads(lines[0])
     assert summary["last_epoch"] == {"epoch": 2, "loss/total": 0.3333} and summary["best"]["epoch"] == 1
+
+
+def test_rays_setup_hook_silences_faiss_import_lines_in_a_fresh_worker_process(clean_env, tmp_path):
+    """As in a Ray Train worker: root logger at INFO with a console handler, then hierclr's modules import faiss."""
+    import os
+    import subprocess
+    import sys
+
+    console.setup(False)
+    hook = console.ray_runtime_env()["worker_process_setup_hook"]
+    module, func = hook.rsplit(".", 1)
+    code = ("import logging, sys, importlib\n"
+            "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+            f"if sys.argv[1] == 'hook': getattr(importlib.import_module({module!r}), {func!r})()\n"
+            "import faiss\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    runs = {arg: subprocess.run([sys.executable, "-c", code, arg], env=env, capture_output=True, text=True,
+                                check=True, cwd=tmp_path).stderr for arg in ("plain", "hook")}
+    assert "Loading faiss" in runs["plain"]  # what Train's INFO root logger shows without the hook
+    assert "faiss" not in runs["hook"], runs["hook"]
+    console.setup(True)
+    assert console.ray_runtime_env() == {}
