@@ -290,7 +290,8 @@ class Contrastive(Method):
         if "knn/top1_best" in row:
             parts.append(f"kNN top-1 {row['knn/top1_best']:.4f} (k={int(row.get('knn/best_k', 0))})")
         estep = sum(row.get(f"time/{k}", 0.0) for k in ("embed", "cluster", "broadcast"))
-        parts.append(f"{row.get('time/epoch', float('nan')):.1f}s" + (f" (E-step {estep:.1f}s)" if estep else ""))
+        has_estep = uses_prototypes(self.cfg, int(row["epoch"]))
+        parts.append(f"{row.get('time/epoch', float('nan')):.1f}s" + (f" (E-step {estep:.1f}s)" if has_estep else ""))
         return "hierclr | " + " | ".join(parts)
 
 
