@@ -16,10 +16,10 @@ config, call the runtime, print a summary).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from hierclr.commands import demo, evaluate, export, finetune, kmeans, prepare_data, pretrain, sweep
+from hierclr.runtime import console
 
 VERBS = (pretrain, finetune, evaluate, sweep, demo, kmeans, prepare_data, export)  # finetune registers hcal too
 
@@ -31,26 +31,37 @@ def _version(_: argparse.Namespace) -> int:
     return 0
 
 
+VERBOSE_HELP = "print everything: hierclr's INFO logs and Ray's, Ray Train's, Ray Data's and Tune's own output"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hierclr", description="Hierarchical contrastive representation learning.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for verb in VERBS:
         verb.register(sub)
     sub.add_parser("version", help="print the hierclr version").set_defaults(func=_version)
+    for verb_parser in sub.choices.values():  # also after the verb (`python pipelines/pretrain.py -v`)
+        verb_parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line as typed (a resume hint repeats it)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose)
     try:
         return args.func(args)
     except ValueError as e:  # configuration and input errors: one clear line, no traceback
         print(f"hierclr {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, and how to continue when a checkpoint was written
+        from hierclr.commands.common import resume_command
+
+        run_name = getattr(e, "resumable_run", None)
+        print(console.interrupted_line(args.command, resume_command(args, run_name) if run_name else None),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -68,8 +68,9 @@ def resume_command(args: argparse.Namespace, run_name: str) -> str:
 
 
 def train_and_report(cfg, args: argparse.Namespace, keep, floor: dict | None = None) -> int:
-    """Run ``cfg`` with the one driver; print the chosen numbers of each epoch and a JSON summary, and next to the
-    last kNN top-1 the raw-pixel ``floor`` of the same split when one is given (:mod:`hierclr.eval.pixel_floor`)."""
+    """Run ``cfg`` with the one driver (the rank-0 worker prints each epoch's line); print a JSON summary with the
+    chosen (``keep``) numbers of the last epoch, and next to the last kNN top-1 the raw-pixel ``floor`` of the same
+    split when one is given (:mod:`hierclr.eval.pixel_floor`)."""
     import time
 
     from hierclr.runtime.driver import RunFailedError, run_training
@@ -85,9 +86,9 @@ def train_and_report(cfg, args: argparse.Namespace, keep, floor: dict | None = N
             print(f"hierclr {args.command}: its last checkpoint is epoch {e.epoch}'s ({e.checkpoint}); continue the "
                   f"run with:\n  {resume_command(args, e.run_name)}", file=sys.stderr)
         return 1
-    for row in result.history:
-        print(json.dumps({k: round(v, 4) for k, v in row.items() if keep(k)}))
+    last = result.history[-1] if result.history else {}
     summary = {"run_dir": result.run_dir, "checkpoint": result.checkpoint, "best": result.best,
+               "last_epoch": {k: round(v, 4) for k, v in last.items() if keep(k)},
                "mlflow_run_id": result.mlflow_run_id, "bad_images": len(result.bad_images)}
     if floor is not None:
         summary["knn_pixel_floor"] = {k: round(v, 4) for k, v in floor.items() if k.startswith("top1_k")}

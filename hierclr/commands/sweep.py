@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = run_sweep(sweep, resume=args.resume, retry_failed=args.retry_failed)
     print(json.dumps({"sweep_dir": result.sweep_dir, "best_trial": result.best.trial_id if result.best else None,
-                      "best": result.best.best if result.best else None, "best_config": result.best_config,
+                      "best": result.best.score if result.best else None, "best_config": result.best_config,
                       "mlflow_parent_run_id": result.parent_run_id, "interrupted": result.interrupted,
                       "trials": {s: sum(r.status == s for r in result.rows) for s in
                                  ("FINISHED", "STOPPED", "FAILED", "UNFINISHED")},

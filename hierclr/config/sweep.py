@@ -8,6 +8,7 @@ A sweep file is YAML::
     set: {optim.epochs: 50}          # dotted overrides of the base, applied to every trial
     metric: knn/top1_best            # what ASHA and "best" read (any per-epoch metric)
     mode: max
+    scope: last                      # how a trial is scored: last | all | avg | last-5-avg | last-10-avg (Tune's)
     num_samples: 1                   # samples per grid point (random choices are redrawn for each)
     max_concurrent_trials: 2
     scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from hierclr.config.jobs import JOBS, Command, Job
 from hierclr.config.loader import SWEEP_PRESET_DIR, Section, apply_override, describe, read_mapping, read_yaml
@@ -40,6 +41,7 @@ from hierclr.config.pretrain import PretrainConfig
 
 SWEEP_DIR = SWEEP_PRESET_DIR
 
+Scope = Literal["last", "all", "avg", "last-5-avg", "last-10-avg"]
 ALIASES = {"hierarchy.sizes": "clustering.sizes", "hierarchy.temperature": "clustering.temperature"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -127,6 +129,11 @@ class SweepConfig(Section):
     space: dict[str, Dimension]
     metric: str = "knn/top1_best"
     mode: Literal["max", "min"] = "max"
+    scope: Scope = Field("last", description="how each trial is scored, as Tune's get_best_result(scope=...): "
+                         "last = the last epoch's value, all = the best epoch's (by mode), avg = the mean of all "
+                         "epochs, last-5-avg / last-10-avg = the mean of the last 5 / 10")
+    skip_warmup: bool = Field(True, description="leave a trial's warm-up epochs out of its score (HCSC / PCL "
+                              "loss.warmup_epochs: no prototypes yet, so the swept clustering has no effect)")
     num_samples: int = Field(1, ge=1)
     max_concurrent_trials: int = Field(1, ge=0, description="0: as many as the cluster holds")
     scheduler: SchedulerSection = SchedulerSection()
@@ -217,6 +224,14 @@ class SweepConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def warmup_epochs(cfg: BaseModel) -> int:
+    """Epochs at the start of a run in which clustering does not act yet (HCSC / PCL ``loss.warmup_epochs``, plain
+    InfoNCE); 0 for a run without clustering or one that is all warm-up by design (then it is MoCo v2)."""
+    if isinstance(cfg, PretrainConfig) and cfg.uses_clustering and cfg.loss.warmup_epochs < cfg.optim.epochs:
+        return cfg.loss.warmup_epochs
+    return 0
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

@@ -282,15 +282,16 @@ class Contrastive(Method):
         resolve(self.run.run_dir).join("best_encoder.pt").write_bytes_atomic(buf.getvalue())
 
     def epoch_line(self, row: dict[str, float]) -> str:
-        """One human-readable progress line per epoch (the full row goes to Ray Train and MLflow)."""
+        """One human-readable progress line per epoch: loss, lr, images/s, kNN top-1 when measured, the epoch's time
+        and its E-step's (embed + cluster + broadcast; the full row goes to Ray Train and MLflow)."""
         parts = [f"epoch {int(row['epoch'])}/{self.cfg.optim.epochs - 1}",
                  f"loss {row.get('loss/total', float('nan')):.4f}", f"lr {row['lr']:.4g}",
                  f"{row['train/images_per_s']:.0f} img/s"]
         if "knn/top1_best" in row:
             parts.append(f"kNN top-1 {row['knn/top1_best']:.4f} (k={int(row.get('knn/best_k', 0))})")
-        t = {k.split("/")[1]: row[k] for k in ("time/embed", "time/cluster", "time/broadcast", "time/train")
-             if k in row}
-        parts.append("time " + " ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+        estep = sum(row.get(f"time/{k}", 0.0) for k in ("embed", "cluster", "broadcast"))
+        has_estep = uses_prototypes(self.cfg, int(row["epoch"]))
+        parts.append(f"{row.get('time/epoch', float('nan')):.1f}s" + (f" (E-step {estep:.1f}s)" if has_estep else ""))
         return "hierclr | " + " | ".join(parts)
 
 

@@ -27,6 +27,7 @@ class RunContext:
     stop_after_epoch: int | None = None
     stop_board: str | None = None  # sweep trials: the early-stopping board (hierclr.runtime.early_stop)
     stop_key: str | None = None  # ... and this trial's id on it
+    verbose: bool = False  # hierclr -v: workers keep library INFO logs on the console (hierclr.runtime.console)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from hierclr.config.loader import flatten
 from hierclr.io.checkpoint import checkpoints_in, load_checkpoint
 from hierclr.methods import plan_for
+from hierclr.runtime import console
 from hierclr.runtime.runs import (
     ResolvedRun,
     TrackingLink,
@@ -61,6 +62,14 @@ def unique_bad_images(streams: dict) -> list:
 def run_needs(cfg) -> tuple[float, float]:
     """(CPUs, GPUs) one run holds while it trains: Train workers, the data streams' budget, the method's actors."""
     return plan_for(cfg).needs()
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; ``resumable_run``: the run's name when it has a checkpoint to resume from, else None."""
+
+    def __init__(self, resumable_run: str | None) -> None:
+        super().__init__(resumable_run)
+        self.resumable_run = resumable_run
 
 
 class RunFailedError(RuntimeError):
@@ -121,6 +130,9 @@ def run_training(cfg, *, resume: str | None = None, stop_after_epoch: int | None
         if not isinstance(err, Exception):  # Ctrl-C, SystemExit: the run was stopped, not failed
             if tracker is not None:
                 tracker.finish("KILLED")
+            if isinstance(err, KeyboardInterrupt) and not isinstance(err, RunInterrupted):
+                found = [] if root.startswith(("s3://", "gs://")) else checkpoints_in(f"{root}/{where.name}")
+                raise RunInterrupted(where.name if found else None) from err
             raise
         if isinstance(err, ValueError) and tracker is None:
             raise  # a bad config or input found before any MLflow run: one clear line from the CLI
@@ -150,7 +162,7 @@ class _Attempt:
 def _train(cfg, plan, where: ResolvedRun, root: str, stop_after_epoch, echo, link, command: str,
            attempt: _Attempt) -> RunResult:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from hierclr.data import train_data_config
@@ -194,7 +206,8 @@ def _train(cfg, plan, where: ResolvedRun, root: str, stop_after_epoch, echo, lin
 
         run = RunContext(run_dir=run_dir, clock_name=clock_name, tracking_uri=tracking.uri,
                          mlflow_run_id=tracker.run_id, resume_from=resume_ckpt, stop_after_epoch=stop_after_epoch,
-                         stop_board=link.stop_board, stop_key=link.stop_key, **prepared.run_fields, **service_fields)
+                         stop_board=link.stop_board, stop_key=link.stop_key, verbose=console.verbose(),
+                         **prepared.run_fields, **service_fields)
         res = cfg.resources
         per_worker = {"CPU": res.cpus_per_worker}
         if res.use_gpu:
@@ -209,6 +222,7 @@ def _train(cfg, plan, where: ResolvedRun, root: str, stop_after_epoch, echo, lin
             run_config=RunConfig(name=run_name, storage_path=root,
                                  failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+                                 logging_config=LoggingConfig(log_level=console.train_log_level()),
                                  callbacks=tune_callbacks()),
         )
         result = trainer.fit()

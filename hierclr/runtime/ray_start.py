@@ -12,8 +12,11 @@ import os
 def ensure_ray(num_cpus: int | None = None, **kwargs) -> None:
     import ray
 
+    from hierclr.runtime.console import ray_runtime_env
+
     if ray.is_initialized():
         return
+    kwargs = {"runtime_env": ray_runtime_env(), **kwargs}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**kwargs)
     else:

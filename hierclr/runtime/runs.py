@@ -100,7 +100,9 @@ def start_ray(cfg) -> None:
     if ray.is_initialized():
         return
     if cfg.resources.address:
-        ray.init(address=cfg.resources.address, log_to_driver=True)
+        from hierclr.runtime.console import ray_runtime_env
+
+        ray.init(address=cfg.resources.address, log_to_driver=True, runtime_env=ray_runtime_env())
     else:
         ensure_ray(cfg.resources.local_num_cpus)
 

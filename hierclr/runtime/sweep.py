@@ -32,8 +32,17 @@ from typing import Any
 from hierclr.config.loader import flatten
 from hierclr.config.pretrain import PretrainConfig
 from hierclr.config.sections import TrackingSection
-from hierclr.config.sweep import SweepConfig
-from hierclr.runtime.sweep_summary import TrialRow, best_of, best_trial, clip_error, table_csv, table_text
+from hierclr.config.sweep import SweepConfig, warmup_epochs
+from hierclr.runtime import console
+from hierclr.runtime.sweep_summary import (
+    TrialRow,
+    best_trial,
+    clip_error,
+    score_history,
+    table_csv,
+    table_text,
+    tied_with,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,7 @@ class TrialContext:
     tracking: dict
     parent_run_id: str | None
     stop_board: str | None = None
+    verbose: bool = False  # hierclr -v on the sweep's command line (the trial is its Train run's driver)
 
 
 def _short_params(params: dict[str, Any]) -> str:
@@ -90,6 +100,7 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     from hierclr.runtime.runs import TrackingLink
 
     trial_id = tune.get_context().get_trial_id()
+    console.setup(ctx.verbose)  # this process drives the trial's Train run: the same console as the sweep's
     sweep = SweepConfig.model_validate(ctx.sweep)
     link = TrackingLink(parent_run_id=ctx.parent_run_id,
                         run_key=TRIAL_KEY.format(dir=ctx.sweep_dir, trial=trial_id),
@@ -138,7 +149,12 @@ def _tracking_for(sweep: SweepConfig, cfg0: PretrainConfig) -> dict:
 
 
 def _parent_params(sweep: SweepConfig) -> dict[str, Any]:
-    params = flatten({k: v for k, v in sweep.model_dump(mode="json").items() if k not in ("space", "set")})
+    """The parent run's params: the sweep's options (a FIFO sweep's scheduler is its type only), ``set.*`` and
+    ``space.*``."""
+    options = {k: v for k, v in sweep.model_dump(mode="json").items() if k not in ("space", "set")}
+    if sweep.scheduler.type == "fifo":
+        options["scheduler"] = {"type": "fifo"}  # ASHA's grace period etc. do nothing here
+    params = flatten(options)
     params.update({f"set.{k}": v for k, v in sweep.set.items()})
     params.update({f"space.{k}": d.describe() for k, d in sweep.space.items()})
     return params
@@ -175,7 +191,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
     if board:
         get_board(board)
     ctx = TrialContext(sweep=sweep.model_dump(mode="json"), sweep_dir=sweep_dir, tracking=tracking,
-                       parent_run_id=parent_run_id, stop_board=board)
+                       parent_run_id=parent_run_id, stop_board=board, verbose=console.verbose())
     concurrent = _concurrency(sweep, cfg0, echo)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"CPU": sweep.trial_cpus})
     max_t = sweep.max_t(cfg0)
@@ -201,7 +217,8 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
                     search_alg=BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrent),
                     trial_dirname_creator=lambda t: t.trial_id),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=str(Path(sweep_dir).parent),
-                                          failure_config=tune.FailureConfig(max_failures=0)),
+                                          failure_config=tune.FailureConfig(max_failures=0),
+                                          **console.tune_run_options(sweep.metric, list(sweep.space))),
             )
         grid = tuner.fit()
     except BaseException:
@@ -212,9 +229,9 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
             close_board(board)
     rows = _rows(grid, sweep, tcfg, sweep_dir, max_t)
     interrupted = any(r.status == "UNFINISHED" for r in rows)
-    _finalize_children(rows, tcfg)
+    _finalize_children(rows, tcfg, sweep.metric)
     best = best_trial(rows, sweep.mode)
-    best_path = _write_summary(sweep, rows, best, sweep_dir, parent, echo)
+    best_path = _write_summary(sweep, rows, best, sweep_dir, parent, echo, final=not interrupted)
     if interrupted:
         echo(f"hierclr sweep: interrupted with {sum(r.status == 'UNFINISHED' for r in rows)} unfinished trial(s); "
              f"continue with: hierclr sweep --space <file> --resume")
@@ -262,9 +279,11 @@ def _concurrency(sweep: SweepConfig, cfg0: PretrainConfig, echo) -> int:
 
 
 def _rows(grid, sweep: SweepConfig, tcfg: TrackingSection, sweep_dir: str, max_t: int) -> list[TrialRow]:
-    """One row per trial from Tune's results: params, status, epochs done, best metric and its epoch."""
+    """One row per trial from Tune's results: params, status, epochs done, its score (the sweep's scope, warm-up
+    epochs left out when ``skip_warmup``) and the epoch it was read at."""
     from hierclr.runtime.tracking import find_run
 
+    base = sweep.base_tree() if sweep.skip_warmup else None
     rows = []
     for r in grid:
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
@@ -276,7 +295,10 @@ def _rows(grid, sweep: SweepConfig, tcfg: TrackingSection, sweep_dir: str, max_t
             if sweep.metric in df and "epoch" in df:
                 values = [(int(e), float(v)) for e, v in zip(df["epoch"], df[sweep.metric])
                           if not math.isnan(v)]
-        best_epoch, best = best_of(values, sweep.mode)
+        params = {k: (r.config or {}).get(k) for k in sweep.space}
+        # (a trial that failed may have failed building its config: its warm-up is not needed, it never wins)
+        warmup = warmup_epochs(sweep.trial_config(params, base)) if base is not None and r.error is None else 0
+        score_epoch, score = score_history(values, sweep.mode, sweep.scope, warmup)
         done = bool((r.metrics or {}).get("done"))
         if r.error is not None:
             status = "FAILED"
@@ -286,18 +308,18 @@ def _rows(grid, sweep: SweepConfig, tcfg: TrackingSection, sweep_dir: str, max_t
             status = "STOPPED"
         else:
             status = "UNFINISHED"
-        params = {k: (r.config or {}).get(k) for k in sweep.space}
-        rows.append(TrialRow(trial_id=trial_id, params=params, status=status, epochs=epochs, best=best,
-                             best_epoch=best_epoch,
+        rows.append(TrialRow(trial_id=trial_id, params=params, status=status, epochs=epochs, score=score,
+                             score_epoch=score_epoch, extra={"warmup_epochs": warmup},
                              error=None if r.error is None else clip_error(f"{type(r.error).__name__}: {r.error}"),
                              mlflow_run_id=find_run(tcfg, TRIAL_KEY.format(dir=sweep_dir, trial=trial_id))))
     rows.sort(key=lambda row: row.trial_id)
     return rows
 
 
-def _finalize_children(rows: list[TrialRow], tcfg: TrackingSection) -> None:
-    """Give every child run the final status of its trial and a tag saying how it ended (an interrupted trial's
-    process was killed before it could end its MLflow run itself)."""
+def _finalize_children(rows: list[TrialRow], tcfg: TrackingSection, metric: str) -> None:
+    """Give every child run the final status of its trial, a tag saying how it ended (an interrupted trial's
+    process was killed before it could end its MLflow run itself) and its score as ``score/<metric>`` (at the
+    epoch it was read at: the value the parent's ``best/<metric>`` is compared on)."""
     from hierclr.runtime.tracking import Tracker
 
     status_of = {"FINISHED": "FINISHED", "STOPPED": "FINISHED", "FAILED": "FAILED", "UNFINISHED": "KILLED"}
@@ -307,40 +329,51 @@ def _finalize_children(rows: list[TrialRow], tcfg: TrackingSection) -> None:
             continue
         child = Tracker.attach(tcfg, row.mlflow_run_id)
         child.set_tags({"hierclr.sweep.status": tag_of[row.status], "hierclr.sweep.epochs": row.epochs})
+        if row.score is not None and row.status != "UNFINISHED":
+            child.log_metrics(row.score_epoch, {f"score/{metric}": row.score})
         if child.status() != status_of[row.status]:  # an ended run keeps its end time (a resumed sweep)
             child.finish(status_of[row.status])
 
 
 def _write_summary(sweep: SweepConfig, rows: list[TrialRow], best: TrialRow | None, sweep_dir: str, parent,
-                   echo) -> str | None:
+                   echo, *, final: bool = True) -> str | None:
     """Print the table; write it (text, CSV, JSON), the metric-vs-params plot and the best config under
-    ``<sweep dir>/summary`` and log them to the parent run. Returns the best config's path."""
+    ``<sweep dir>/summary`` and log them to the parent run; warn when another trial ties with the best. Only a
+    ``final`` summary (not an interrupted sweep's) logs ``best/<metric>``, at step = the number of completed
+    trials, so a resumed sweep's best supersedes an earlier one in the MLflow UI. Returns the best config's path."""
     from hierclr.viz.plots import metric_vs_params
 
     params = list(sweep.space)
     out = Path(sweep_dir, "summary")
     out.mkdir(parents=True, exist_ok=True)
-    text = table_text(rows, sweep.metric, params)
+    text = table_text(rows, sweep.metric, params, sweep.scope)
     echo(f"hierclr sweep: {sweep.name}\n{text}")
     (out / "trials.txt").write_text(text + "\n")
     (out / "trials.csv").write_text(table_csv(rows, sweep.metric, params))
     import json
 
     (out / "trials.json").write_text(json.dumps([r.as_dict(sweep.metric) for r in rows], indent=1, default=str))
-    plot_rows = [{"trial": r.trial_id, "status": r.status, "params": r.params, sweep.metric: r.best} for r in rows]
+    plot_rows = [{"trial": r.trial_id, "status": r.status, "params": r.params, sweep.metric: r.score} for r in rows]
     metric_vs_params(plot_rows, sweep.metric, params, out / "metric_vs_params.png", mode=sweep.mode)
     best_path = None
     if best is not None:
         cfg = sweep.trial_config(best.params)
         cfg = cfg.model_copy(update={"name": f"{sweep.name}-best"})
         best_path = str(out / "best_config.yaml")
-        header = (f"# best trial {best.trial_id} of sweep {sweep.name}: {sweep.metric} = {best.best:.6g} "
-                  f"(epoch {best.best_epoch}); params {best.params}\n")
+        header = (f"# best trial {best.trial_id} of sweep {sweep.name}: {sweep.metric} = {best.score:.6g} "
+                  f"(scope {sweep.scope}, epoch {best.score_epoch}); params {best.params}\n")
         Path(best_path).write_text(header + cfg.to_yaml())
-        echo(f"hierclr sweep: best trial {best.trial_id} {sweep.metric}={best.best:.4f} {best.params}; "
-             f"config written to {best_path}")
-        parent.log_metrics(0, {f"best/{sweep.metric}": best.best})
+        echo(f"hierclr sweep: best trial {best.trial_id} {sweep.metric}={best.score:.4f} ({sweep.scope}) "
+             f"{best.params}; config written to {best_path}")
+        ties = tied_with(rows, best)
+        if ties:
+            echo(f"hierclr sweep: warning: trials {', '.join([best.trial_id, *(r.trial_id for r in ties)])} tie at "
+                 f"{sweep.metric}={best.score:.6g} ({sweep.scope}); {best.trial_id} was picked as the first listed")
+        if final:
+            completed = sum(r.status in ("FINISHED", "STOPPED") for r in rows)
+            parent.log_metrics(completed, {f"best/{sweep.metric}": best.score})
         parent.set_tags({"hierclr.best_trial": best.trial_id, "hierclr.best_run_id": best.mlflow_run_id or "",
+                         "hierclr.best_tied_with": ",".join(r.trial_id for r in ties),
                          **{f"hierclr.best.{k}": v for k, v in best.params.items()}})
     else:
         echo("hierclr sweep: no trial reported the metric; no best config")

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from hierclr.data.streams import finish_views, train_batch_kwargs
 from hierclr.data.transforms import MultiViewAugment
 from hierclr.io.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hierclr.runtime import console
 from hierclr.runtime.artifacts import log_curves
 from hierclr.runtime.context import RunContext, WorkerEnv
 from hierclr.runtime.divergence import CHECK_EVERY, DivergenceGuard
@@ -54,6 +55,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     plan = plan_class(loop_config["plan"])
     cfg = plan.config_cls.model_validate(loop_config["config"])
     run = RunContext(**loop_config["run"])
+    console.quiet_worker(run.verbose)
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))

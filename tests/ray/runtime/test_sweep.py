@@ -73,14 +73,16 @@ def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_se
                                   scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}),
                        ["set.loss.warmup_epochs=0",
                         "set.checkpoint.every=2"])  # epoch 0 (of 2) is not checkpointed...
-    result = run_sweep(sweep, echo=lambda *a: None)
+    console: list[str] = []
+    result = run_sweep(sweep, echo=console.append)
     assert not result.interrupted
     by_sizes = {tuple(r.params["clustering.sizes"]): r for r in result.rows}
     assert set(by_sizes) == {(16, 8), (12,), (5000,)}
     failed, finished, stopped = by_sizes[(5000,)], by_sizes[(16, 8)], by_sizes[(12,)]
     assert failed.status == "FAILED" and "5000 prototypes" in failed.error, failed.error
-    assert finished.status == "FINISHED" and finished.epochs == 2 and finished.best == 16
-    assert stopped.status == "STOPPED" and stopped.epochs == 1 and stopped.best == 12, result.rows
+    assert finished.status == "FINISHED" and finished.epochs == 2 and finished.score == 16
+    assert stopped.status == "STOPPED" and stopped.epochs == 1 and stopped.score == 12, result.rows
+    assert (finished.score_epoch, stopped.score_epoch) == (1, 0)  # scope last: each trial's last epoch
     for r in (finished, stopped):
         assert r.params["loss.temperature"] in (0.1, 0.2)
 
@@ -121,6 +123,13 @@ def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_se
     assert cfg.loss.temperature == finished.params["loss.temperature"] and cfg.name == "s1-best"
     parent = client.get_run(parent.info.run_id)
     assert parent.data.metrics["best/cluster/level0/num_prototypes"] == 16
+    # the parent's best is the winning child's shown (latest) value and its score; logged once, at step = 2 trials
+    won = client.get_run(finished.mlflow_run_id).data.metrics
+    assert won["cluster/level0/num_prototypes"] == won["score/cluster/level0/num_prototypes"] == 16
+    assert _steps(client, parent.info.run_id, "best/cluster/level0/num_prototypes") == [2]
+    assert "scheduler.grace_period" in parent.data.params and parent.data.params["scope"] == "last"
+    assert any("cluster/level0/num_prototypes (last)" in line for line in console), console
+    assert not any("tie at" in line for line in console), console
     assert parent.data.tags["hierclr.best_trial"] == finished.trial_id
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert {"summary/trials.csv", "summary/trials.txt", "summary/best_config.yaml",
@@ -189,6 +198,10 @@ def test_interrupted_sweep_resumes_without_duplicating_runs(ray_session, tmp_pat
     assert not result.interrupted and [r.status for r in result.rows] == ["FINISHED"] * 2
     parents, children = _runs(client, "s2")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert not any(k.startswith("scheduler.") and k != "scheduler.type" for k in parents[0].data.params)  # FIFO
+    best_child = next(c for c in children if c.info.run_id == result.best.mlflow_run_id)
+    assert parents[0].data.metrics["best/knn/top1_best"] == best_child.data.metrics["knn/top1_best"] \
+        == best_child.data.metrics["score/knn/top1_best"] == result.best.score  # scope last: the shown value
     assert len(children) == 2, [(c.info.run_name, c.info.status) for c in children]
     assert len({c.data.tags["hierclr.trial_id"] for c in children}) == 2
     assert all(c.info.status == "FINISHED" for c in children)

@@ -6,7 +6,7 @@ import yaml
 
 from hierclr.config.pretrain import load_config
 from hierclr.config.sweep import SweepConfig, list_sweep_presets, load_sweep
-from hierclr.runtime.sweep_summary import TrialRow, best_of, best_trial, table_csv, table_text
+from hierclr.runtime.sweep_summary import TrialRow, best_trial, table_csv, table_text
 
 
 def _write(tmp_path, tree, name="s.yaml"):
@@ -88,9 +88,6 @@ def test_to_tune_kinds():
 
 
 def test_summary_best_and_tables():
-    assert best_of([(0, 0.2), (1, float("nan")), (2, 0.5), (3, 0.4)], "max") == (2, 0.5)
-    assert best_of([(0, 0.2), (2, 0.5)], "min") == (0, 0.2)
-    assert best_of([], "max") == (None, None)
     rows = [TrialRow("a", {"clustering.sizes": [16, 8], "loss.temperature": 0.1}, "FINISHED", 2, 0.61, 1),
             TrialRow("b", {"clustering.sizes": [12], "loss.temperature": 0.2}, "FAILED", 0, None, error="ValueError: x"),
             TrialRow("c", {"clustering.sizes": [12], "loss.temperature": 0.1}, "STOPPED", 1, 0.70, 0),
@@ -100,10 +97,10 @@ def test_summary_best_and_tables():
     assert best_trial(rows[1:2], "max") is None
     text = table_text(rows, "knn/top1_best", ["clustering.sizes", "loss.temperature"])
     lines = text.splitlines()
-    assert lines[0].split()[:4] == ["trial", "clustering.sizes", "loss.temperature", "best"]
+    assert lines[0].split()[:4] == ["trial", "clustering.sizes", "loss.temperature", "knn/top1_best"]
     assert lines[2].split() == ["a", "[16,8]", "0.1", "0.61", "2", "FINISHED"]
     assert lines[3].split() == ["b", "[12]", "0.2", "-", "0", "FAILED"]
     csv_text = table_csv(rows, "knn/top1_best", ["clustering.sizes", "loss.temperature"])
-    assert csv_text.splitlines()[0] == ("trial,clustering.sizes,loss.temperature,knn/top1_best,best_epoch,epochs,"
+    assert csv_text.splitlines()[0] == ("trial,clustering.sizes,loss.temperature,knn/top1_best,score_epoch,epochs,"
                                         "status,mlflow_run_id,error")
     assert csv_text.splitlines()[2].startswith("b,[12],0.2,,,0,FAILED,,ValueError: x")

@@ -14,7 +14,7 @@ def test_clip_keeps_the_start_and_the_cause():
 
 def test_the_table_shows_the_exception_message():
     assert error_line(TRACE).startswith("ValueError: data.train has 359 images")
-    row = TrialRow(trial_id="t1", params={}, status="FAILED", epochs=0, best=None, best_epoch=None, error=TRACE)
+    row = TrialRow(trial_id="t1", params={}, status="FAILED", epochs=0, score=None, score_epoch=None, error=TRACE)
     import csv
     import io
 
