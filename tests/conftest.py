@@ -92,6 +92,9 @@ def ray_session(fault_plan_file):
     """One local Ray for the whole test session, with explicit logical CPUs (the machine has 2 cores)."""
     import ray
 
+    from hierclr.runtime.ray_start import use_local_train_env
+
+    use_local_train_env()  # as a command's own local Ray does; before ray.init, so Tune trials inherit it too
     if not ray.is_initialized():
         # address="local": never join a `ray start` cluster another test (or the user) left on this machine
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -9,6 +9,20 @@ from __future__ import annotations
 import os
 
 
+# Ray Train's settings for a Ray this process starts on its own machine (read by the driver at ``fit()`` and passed
+# on to Train's controller and workers; a value the user set is kept):
+# - the controller polls its workers every 0.5 s instead of 2 s: a run's end (and each worker-group transition) is
+#   noticed sooner; polling a handful of local workers costs nothing;
+# - no preemption watcher actor per run (one more process on a small machine): a local Ray is one node that no
+#   autoscaler drains.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def use_local_train_env() -> None:
+    for key, value in LOCAL_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def ensure_ray(num_cpus: int | None = None, **kwargs) -> None:
     import ray
 
@@ -26,6 +40,7 @@ def ensure_ray(num_cpus: int | None = None, **kwargs) -> None:
         # address="local": always a new local instance with these CPUs. Without it ray.init joins any cluster
         # that `ray start` left running on this machine and then refuses num_cpus (join one on purpose with
         # resources.address=auto).
+        use_local_train_env()
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
