@@ -13,7 +13,13 @@ from pydantic import Field, field_validator, model_validator
 
 from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
 from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
-from hierclr.config.sections import CheckpointSection, DataSection, OptimSection, ResourcesSection, TrackingSection
+from hierclr.config.sections import (
+    CheckpointSection,
+    OptimSection,
+    ResourcesSection,
+    TrackingSection,
+    TrainDataSection,
+)
 from hierclr.eval.precision import FeaturePrecision
 
 Method = Literal["hcsc", "moco", "pcl"]
@@ -99,7 +105,7 @@ class PretrainConfig(Section):
     method: Method = "hcsc"
     compat: Literal["official", "paper"] = "official"
     seed: int = 0
-    data: DataSection = DataSection()
+    data: TrainDataSection = TrainDataSection()
     model: ModelConfig = ModelConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     service: ClusteringServiceSection = ClusteringServiceSection()

@@ -37,6 +37,16 @@ class DataSection(Section):
         return TransformConfig.preset(self.transforms)
 
 
+class TrainDataSection(DataSection):
+    """The data of a training run: :class:`DataSection` and the fraction of the training split it trains on."""
+
+    fraction: float = Field(1.0, gt=0, le=1, description="train on this fraction of data.train: a seeded draw of "
+                                                         "the same fraction of every class (unlabelled rows as one "
+                                                         "more class), the same ids in the train and embed streams; "
+                                                         "the prepared shards are read as they are")
+    fraction_seed: int = Field(0, description="seed of the data.fraction draw")
+
+
 class OptimSection(Section):
     """SGD with a per-epoch cosine schedule; ``lr = base_lr * global_batch / 256`` (linear scaling)."""
 

@@ -37,7 +37,7 @@ from hierclr.eval.precision import FeaturePrecision, autocast_dtype, feature_dty
 from hierclr.eval.selection_quality import SelectionCounter, selection_metrics
 from hierclr.io.fs import resolve
 from hierclr.losses import HCSCObjective, PCLObjective
-from hierclr.methods.base import Method, Plan, Prepared, eval_due
+from hierclr.methods.base import Method, Plan, Prepared, eval_due, fraction_ids
 from hierclr.methods.contrastive_step import embed_pass, hcsc_train_step
 from hierclr.methods.key_bank import KeyBank
 from hierclr.models import MoCo
@@ -332,25 +332,31 @@ class ContrastivePlan(Plan):
         if val_src is not None and val_src.classes and train_src.classes and val_src.classes != train_src.classes:
             raise ValueError(f"data.val ({d.val}) has classes {list(val_src.classes)[:5]}..., different from "
                              f"data.train's {list(train_src.classes)[:5]}...: kNN needs one label space")
+        # data.fraction: the train and embed streams read the same ids, which keep their dataset numbers (the
+        # E-step's id range stays num_rows; the ids left out get no prototype and never reach a step)
+        keep_ids = fraction_ids(train_src, d)
+        num_train = train_src.num_rows if keep_ids is None else len(keep_ids)
         scfg = stream_config(cfg)
-        streams = {"train": train_stream(train_src, scfg), "embed": embed_stream(train_src, scfg)}
+        streams = {"train": train_stream(train_src, scfg, keep_ids=keep_ids),
+                   "embed": embed_stream(train_src, scfg, keep_ids=keep_ids)}
         if val_src is not None:
             streams["val"] = embed_stream(val_src, scfg)
         if cfg.uses_clustering:
             need = cfg.clustering.sizes[0] if cfg.method == "hcsc" else max(cfg.pcl.num_clusters)
-            if train_src.num_rows < need:
-                raise ValueError(f"data.train has {train_src.num_rows} images, fewer than the {need} prototypes "
+            if num_train < need:
+                raise ValueError(f"data.train has {num_train} images, fewer than the {need} prototypes "
                                  f"asked for ({'clustering.sizes' if cfg.method == 'hcsc' else 'pcl.num_clusters'})")
-        if train_src.num_rows < cfg.optim.batch_size:
-            raise ValueError(f"data.train has {train_src.num_rows} images, fewer than one global batch "
+        if num_train < cfg.optim.batch_size:
+            raise ValueError(f"data.train has {num_train} images, fewer than one global batch "
                              f"(optim.batch_size={cfg.optim.batch_size})")
-        header = (f"{cfg.method}, {cfg.resources.num_workers} worker(s), {train_src.num_rows} images, "
+        part = "" if keep_ids is None else f" of {train_src.num_rows} (data.fraction {d.fraction:g})"
+        header = (f"{cfg.method}, {cfg.resources.num_workers} worker(s), {num_train} images{part}, "
                   f"epochs {start_epoch}..{cfg.optim.epochs - 1}")
         run_fields = {"num_classes": len(train_src.classes), "has_val": val_src is not None,
                       "num_rows": train_src.num_rows,
                       "level_map": train_src.level_map().tolist() if train_src.classes else None}
         return Prepared(streams=streams, run_fields=run_fields, tags={"hierclr.method": cfg.method},
-                        header=header, train_src=train_src)
+                        header=header, train_src=train_src, extras={"num_train": num_train})
 
     def start_services(self, name: str, prepared: Prepared) -> dict:
         cfg = self.cfg
@@ -360,7 +366,8 @@ class ContrastivePlan(Plan):
 
         self.service = ClusteringService.start(
             f"hierclr-clustering-{name}", cfg.clustering, cfg.service, method=cfg.method,
-            pcl_sizes=cfg.pcl.num_clusters, num_rows=prepared.train_src.num_rows, compat=cfg.compat)
+            pcl_sizes=cfg.pcl.num_clusters, num_rows=prepared.train_src.num_rows,
+            num_expected=prepared.extras["num_train"], compat=cfg.compat)
         return {"service_name": self.service.name}
 
     def stop_services(self) -> None:
