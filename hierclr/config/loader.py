@@ -112,11 +112,20 @@ def apply_override(tree: dict, assignment: str) -> dict:
 
 
 def load_tree(source: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
-              preset_dir: Path = PRESET_DIR) -> dict:
-    """The raw tree of ``source`` (None: empty, all defaults) with the ``key=value`` overrides applied."""
+              preset_dir: Path = PRESET_DIR, *, services: bool = False) -> dict:
+    """The raw tree of ``source`` (None: empty, all defaults) with the ``key=value`` overrides applied. With
+    ``resources.profile: local`` the machine's sizing goes between the file and the overrides (``services``: the
+    schema has clustering actors to size)."""
     tree = read_yaml(source, preset_dir) if source is not None else {}
     for o in overrides:
         apply_override(tree, o)
+    if isinstance(tree.get("resources"), dict) and tree["resources"].get("profile") == "local":
+        from hierclr.config.profiles import local_overrides
+
+        sized = local_overrides(tree, services=services)
+        tree = read_yaml(source, preset_dir) if source is not None else {}
+        for o in (*sized, *overrides):
+            apply_override(tree, o)
     return tree
 
 

@@ -154,7 +154,7 @@ class PretrainConfig(Section):
 
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
     """Preset name or YAML path (None: all defaults) + ``key=value`` overrides -> validated config."""
-    return validate(PretrainConfig, load_tree(source, overrides), source)
+    return validate(PretrainConfig, load_tree(source, overrides, services=True), source)
 
 
 __all__ = ["PRESET_DIR", "ClusteringConfig", "ClusteringServiceSection", "EvalSection", "HCSCLossConfig", "Method",

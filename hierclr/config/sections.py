@@ -65,8 +65,12 @@ class OptimSection(Section):
 
 
 class ResourcesSection(Section):
-    """Ray resources. ``address`` None: join ``RAY_ADDRESS`` if set, else start a local Ray."""
+    """Ray resources. ``address`` None: join ``RAY_ADDRESS`` if set, else start a local Ray. ``profile: local``
+    (``--local``) sizes workers, data CPUs and clustering actors to this machine (:mod:`hierclr.config.profiles`)."""
 
+    profile: Literal["fixed", "local"] = Field("fixed", description="fixed: the values below as written; local: "
+                                                                    "sized to this machine's CPUs and GPUs when the "
+                                                                    "config is loaded (--set of a field still wins)")
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
