@@ -9,6 +9,7 @@ fails here, naming the field, before Ray starts.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,7 +48,8 @@ def preset_table(preset_dir: Path = PRESET_DIR, width: int = 110) -> str:
                 break
             words.append(line.lstrip("#").strip())
         text = " ".join(w for w in words if w)
-        text = text.split(". ")[0] if len(text) > width else text  # the first sentence of a long comment
+        if len(text) > width:  # the first sentence of a long comment ("et al. 2020" does not end one)
+            text = re.split(r"(?<!\bal)\. (?=[A-Z])", text)[0]
         rows.append((name, text if len(text) <= width else text[: width - 3] + "..."))
     pad = max((len(n) for n, _ in rows), default=0)
     return "\n".join(f"{n:<{pad}}  {t}".rstrip() for n, t in rows)
