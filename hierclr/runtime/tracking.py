@@ -49,6 +49,7 @@ from hierclr.io.mlflow_store import (
     resolved_uri,
     store_lock,
 )
+from hierclr.models.loading import EPOCH_TAG
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,8 @@ class Tracker:
         # mlflow.pytorch.log_model creates its LoggedModel in the *active* experiment (else "Default") and
         # resolves the store from the global tracking URI: create the model in this run's experiment here, and
         # point the global URI at this store only for the duration of the call.
-        model = self._client.create_logged_model(self._experiment_id, name=name, source_run_id=self._run_id)
+        model = self._client.create_logged_model(self._experiment_id, name=name, source_run_id=self._run_id,
+                                                 tags={EPOCH_TAG: str(step)})  # which epoch: export records it
         try:
             with global_tracking_uri(self._uri):
                 return mlflow.pytorch.log_model(
