@@ -213,6 +213,8 @@ def _verify_hashes(loc: Location, manifest: Manifest) -> None:
 
     locs = [loc.join(s.file) for s in manifest.shards]
     hashes = ray.get([ray.remote(num_cpus=1, scheduling_strategy=OWN_RESOURCES)(sha256_of).remote(x) for x in locs])
-    for s, x, h in zip(manifest.shards, locs, hashes):
-        if h != s.sha256:
-            raise DataFormatError(f"shard {x.uri} fails its content hash (manifest {s.sha256[:12]}..., file {h[:12]}...)")
+    bad = [f"shard {x.uri} fails its content hash (manifest {s.sha256[:12]}..., file {h[:12]}...)"
+           for s, x, h in zip(manifest.shards, locs, hashes) if h != s.sha256]
+    if bad:
+        raise DataFormatError(("; ".join(bad[:5]) + (f"; ... {len(bad) - 5} more" if len(bad) > 5 else "")
+                               + f" ({len(bad)} of {len(locs)} shards fail)") if len(bad) > 1 else bad[0])
