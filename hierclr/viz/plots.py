@@ -87,7 +87,7 @@ def learning_curves(history: Sequence[Mapping[str, Any]], path: PathLike, *, key
             x, y = series[k]
             ax.plot(x, y, marker="o" if len(x) <= 30 else None, ms=3, lw=1.2, label=k)
         ax.set_title(group, fontsize=10)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.grid(alpha=0.3)
         if len(members) > 1:
             ax.legend(fontsize=7)
@@ -115,7 +115,7 @@ def ami_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> str:
             m = int(label.group(1))
             ax.plot(x, y, color=colours[m % 10], lw=2.2, marker="o" if len(x) <= 30 else None, ms=4,
                     label=f"label level {m} (Table 11)")
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel("adjusted mutual information")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -146,7 +146,7 @@ def selection_quality_curves(history: Sequence[Mapping[str, Any]], path: PathLik
     dropped.set_title("false negatives dropped: precision (solid), recall (dashed)", fontsize=10)
     kept.set_title("true negatives kept", fontsize=10)
     for ax in (dropped, kept):
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -256,6 +256,14 @@ def image_grid(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: PathLike,
 
 # ------------------------------------------------------------------------------------------- helpers
 _MISSING = object()
+
+
+def _epoch_axis(ax: Axes) -> None:
+    """An x axis of epochs: ticks on whole epochs only."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _figure(width: float, height: float) -> Figure:
