@@ -214,7 +214,7 @@ class Contrastive(Method):
             waited = time.perf_counter() - t1
             row["time/cluster"] = stats.cluster_s
             row["time/broadcast"] = max(waited - stats.total_s, 0.0)  # incl. waiting for the slowest rank
-            row.update(stats.as_metrics(prefix="cluster/"))
+            row.update(stats.as_metrics(prefix="prototypes/"))
             self.protos = protos = protos.to(env.device)
             self.check_ids = stats.num_missing > 0  # ids skipped by the embed stream must not reach the loss
             lm = self.level_map
@@ -225,8 +225,9 @@ class Contrastive(Method):
             if cfg.eval.ami and lm is not None and env.rank == 0 and ami_due(cfg, epoch):  # paper Table 11
                 from hierclr.eval.hierarchy_ami import prototype_label_ami
 
-                row.update(prototype_label_ami(protos.assignments.cpu().numpy(), self.labels_by_id,
-                                               max_samples=cfg.eval.ami_max_samples, seed=cfg.seed))
+                ami = prototype_label_ami(protos.assignments.cpu().numpy(), self.labels_by_id,
+                                          max_samples=cfg.eval.ami_max_samples, seed=cfg.seed)
+                row.update({f"prototypes/{k}": v for k, v in ami.items()})  # MLflow's UI: a section after loss
             every = cfg.tracking.hierarchy_every
             if self.tracker is not None and every and (epoch - cfg.loss.warmup_epochs) % every == 0:
                 log_hierarchy(self.tracker, protos, f"hierarchy/epoch_{epoch:03d}")

@@ -56,7 +56,7 @@ def log_curves(tracker, history: list[dict]) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         learning_curves(history, Path(tmp, "learning_curves.png"))
-        if any(k.startswith("ami/") for row in history for k in row):
+        if any(k.startswith("prototypes/ami/") for row in history for k in row):
             ami_curves(history, Path(tmp, "ami.png"))
         if any(k.startswith("selection/") for row in history for k in row):
             selection_quality_curves(history, Path(tmp, "selection_quality.png"))

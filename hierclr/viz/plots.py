@@ -32,8 +32,8 @@ __all__ = ["ami_curves", "cluster_size_histograms", "image_grid", "learning_curv
 PathLike = str | os.PathLike
 _DPI = 100
 _FAILED = ("ERROR", "FAILED")  # trial statuses (Tune's, hierclr sweep's) drawn as failed even with a metric
-_PAIR = re.compile(r"^ami/proto(\d+)_label(\d+)$")
-_LABEL = re.compile(r"^ami/label(\d+)$")
+_PAIR = re.compile(r"^prototypes/ami/proto(\d+)_label(\d+)$")
+_LABEL = re.compile(r"^prototypes/ami/label(\d+)$")
 _SELECTION = re.compile(r"^selection/(precision|recall|kept_true_negatives)_l(\d+)$")
 
 
@@ -96,12 +96,12 @@ def learning_curves(history: Sequence[Mapping[str, Any]], path: PathLike, *, key
 
 
 def ami_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> str:
-    """``ami/label{m}`` (HCSC Table 11's number per label level) versus epoch, bold; the full
-    ``ami/proto{l}_label{m}`` matrix as faint lines in the colour of their label level."""
+    """``prototypes/ami/label{m}`` (HCSC Table 11's number per label level) versus epoch, bold; the full
+    ``prototypes/ami/proto{l}_label{m}`` matrix as faint lines in the colour of their label level."""
     keys = sorted({k for row in history for k in row if _PAIR.match(k) or _LABEL.match(k)})
     series = {k: s for k in keys if (s := _series(history, k))[0]}
     if not series:
-        return _no_data(path, "AMI: no ami/* metrics in the history")
+        return _no_data(path, "AMI: no prototypes/ami/* metrics in the history")
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     colours = [f"C{i}" for i in range(10)]

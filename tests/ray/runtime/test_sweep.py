@@ -69,7 +69,7 @@ def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_se
     stopping epoch and its artifacts, its MLflow run is FINISHED and tagged, and the sweep goes on."""
     space = {"clustering.sizes": {"grid": [[16, 8], [5000], [12]]},  # [5000]: more prototypes than images
              "loss.temperature": {"choice": [0.1, 0.2]}}
-    sweep = load_sweep(tiny_sweep(tmp_path, digits_cache, "s1", space, metric="cluster/level0/num_prototypes",
+    sweep = load_sweep(tiny_sweep(tmp_path, digits_cache, "s1", space, metric="prototypes/level0/num_prototypes",
                                   scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}),
                        ["set.loss.warmup_epochs=0",
                         "set.checkpoint.every=2"])  # epoch 0 (of 2) is not checkpointed...
@@ -91,7 +91,7 @@ def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_se
     assert parent.info.status == "FINISHED" and parent.info.run_id == result.parent_run_id
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert parent.data.params["space.clustering.sizes"].startswith("grid")
-    assert parent.data.params["metric"] == "cluster/level0/num_prototypes"
+    assert parent.data.params["metric"] == "prototypes/level0/num_prototypes"
     child = {tuple(yaml.safe_load(c.data.params["clustering.sizes"])): c for c in children}
     assert child[(5000,)].info.status == "FAILED"
     assert "fewer than the 5000 prototypes" in child[(5000,)].data.tags["hierclr.error"]
@@ -100,7 +100,7 @@ def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_se
         assert c.info.status == "FINISHED"
         assert c.data.tags["hierclr.sweep.status"] == {"FINISHED": "finished", "STOPPED": "stopped_early"}[r.status]
         assert float(c.data.params["loss.temperature"]) == r.params["loss.temperature"]
-        for key in ("knn/top1_best", "loss/total", "cluster/level0/num_prototypes"):
+        for key in ("knn/top1_best", "loss/total", "prototypes/level0/num_prototypes"):
             assert _steps(client, c.info.run_id, key) == list(range(r.epochs)), key  # every epoch once
         assert 0.1 < c.data.metrics["knn/top1_best"] <= 1.0
         assert c.data.tags["hierclr.trial_id"] == r.trial_id and c.info.run_id == r.mlflow_run_id
@@ -120,7 +120,7 @@ def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_se
     assert cfg.clustering.sizes == (16, 8) and cfg.loss.warmup_epochs == 0
     assert cfg.loss.temperature == finished.params["loss.temperature"] and cfg.name == "s1-best"
     parent = client.get_run(parent.info.run_id)
-    assert parent.data.metrics["best/cluster/level0/num_prototypes"] == 16
+    assert parent.data.metrics["best/prototypes/level0/num_prototypes"] == 16
     assert parent.data.tags["hierclr.best_trial"] == finished.trial_id
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert {"summary/trials.csv", "summary/trials.txt", "summary/best_config.yaml",
