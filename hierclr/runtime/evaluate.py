@@ -155,6 +155,19 @@ def _prototype_rows(prototypes, train_src, ids: np.ndarray) -> np.ndarray | None
     return a[ids] if len(a) == train_src.num_rows else None
 
 
+def evaluation_run_name(name: str, source: str) -> str:
+    """``evaluate <preset> <what was evaluated>``: the run directory and checkpoint, the file, or the MLflow run
+    (its id's first 8 characters) and model, so evaluations of different encoders are told apart in the UI."""
+    text = str(source).rstrip("/")
+    for prefix in ("mlflow:", "runs:/", "models:/"):
+        if text.startswith(prefix):
+            head, _, model = text[len(prefix):].partition("/")
+            return f"evaluate {name} {prefix.rstrip('/')}{head[:8]}{'/' + model if model else ''}"
+    parts = Path(text).parts
+    last = parts[-2:] if len(parts) > 1 and (parts[-1].startswith("checkpoint_") or Path(text).suffix) else parts[-1:]
+    return f"evaluate {name} {'/'.join(last)}"
+
+
 def _tracking_under(cfg: EvaluateConfig, parent: str | None):
     """The tracking section of the evaluation run: the parent's experiment when the parent is in this store."""
     from hierclr.runtime.tracking import resolved_uri
@@ -253,7 +266,8 @@ def run_evaluate(cfg: EvaluateConfig, *, echo=print) -> EvaluateResult:
             "hierclr.protocols": ",".join(cfg.protocols)}
     if parent:
         tags["mlflow.parentRunId"] = parent
-    tracker = Tracker.start(tracking, run_name=f"evaluate {cfg.name}", params=flatten(cfg), tags=tags)
+    tracker = Tracker.start(tracking, run_name=evaluation_run_name(cfg.name, cfg.source), params=flatten(cfg),
+                            tags=tags)
     echo(f"hierclr evaluate: {cfg.source} ({kind}, {cfg.model.backbone}) on {cfg.data.train} / {cfg.data.val}; "
          f"protocols {', '.join(cfg.protocols)}; output {out}; MLflow "
          f"{'run ' + tracker.run_id + (' nested under ' + parent if parent else '') if tracker.enabled else 'off'}")
