@@ -212,7 +212,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
             close_board(board)
     rows = _rows(grid, sweep, tcfg, sweep_dir, max_t)
     interrupted = any(r.status == "UNFINISHED" for r in rows)
-    _finalize_children(rows, tcfg)
+    _finalize_children(rows, tcfg, sweep.metric)
     best = best_trial(rows, sweep.mode)
     best_path = _write_summary(sweep, rows, best, sweep_dir, parent, echo)
     if interrupted:
@@ -295,9 +295,14 @@ def _rows(grid, sweep: SweepConfig, tcfg: TrackingSection, sweep_dir: str, max_t
     return rows
 
 
-def _finalize_children(rows: list[TrialRow], tcfg: TrackingSection) -> None:
+SCORE_METRIC = "sweep/score"  # every child run: its trial's value in the summary, whatever the sweep's metric
+
+
+def _finalize_children(rows: list[TrialRow], tcfg: TrackingSection, metric: str) -> None:
     """Give every child run the final status of its trial and a tag saying how it ended (an interrupted trial's
-    process was killed before it could end its MLflow run itself)."""
+    process was killed before it could end its MLflow run itself), and its trial's score in the summary as the
+    metric ``sweep/score`` (one column in the MLflow runs table compares the trials of any sweep; tag
+    ``hierclr.sweep.metric`` names what it scores)."""
     from hierclr.runtime.tracking import Tracker
 
     status_of = {"FINISHED": "FINISHED", "STOPPED": "FINISHED", "FAILED": "FAILED", "UNFINISHED": "KILLED"}
@@ -306,7 +311,10 @@ def _finalize_children(rows: list[TrialRow], tcfg: TrackingSection) -> None:
         if row.mlflow_run_id is None:
             continue
         child = Tracker.attach(tcfg, row.mlflow_run_id)
-        child.set_tags({"hierclr.sweep.status": tag_of[row.status], "hierclr.sweep.epochs": row.epochs})
+        child.set_tags({"hierclr.sweep.status": tag_of[row.status], "hierclr.sweep.epochs": row.epochs,
+                        "hierclr.sweep.metric": metric})
+        if row.best is not None:
+            child.log_metrics(row.best_epoch or 0, {SCORE_METRIC: row.best})
         if child.status() != status_of[row.status]:  # an ended run keeps its end time (a resumed sweep)
             child.finish(status_of[row.status])
 
