@@ -86,7 +86,7 @@ def source_tags() -> dict[str, str]:
     """The tags MLflow's fluent ``start_run`` would set (user, source name and type: its own context registry), the
     git commit, branch and remote of the hierclr checkout that runs (not of the entry script, which under ``ray job
     submit`` is a copy without ``.git``), and ``hierclr.command``: the command line (``HIERCLR_COMMAND``, set by
-    the CLI, so a sweep's trials carry their sweep's command)."""
+    the CLI, so a sweep's trials carry their sweep's command), and as the source name its first two words."""
     import sys
 
     from mlflow.tracking.context.registry import resolve_tags
@@ -104,7 +104,8 @@ def source_tags() -> dict[str, str]:
             tags[key] = value
     command = os.environ.get(COMMAND_ENV) or " ".join(sys.argv)
     tags[COMMAND_TAG] = command
-    tags[mlflow_tags.MLFLOW_SOURCE_NAME] = command
+    # the run page's Source shows the part after the last "/": the verb, not a path from the arguments
+    tags[mlflow_tags.MLFLOW_SOURCE_NAME] = " ".join(command.split()[:2])
     return {k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items()}
 
 
