@@ -113,7 +113,7 @@ def main() -> None:
             result = run_training(cfg, echo=lambda *a: None)
             last = result.history[-1]
             run = {"seed": rnd, "epochs": epoch_rows(result.history), "knn_top1": last.get("knn/top1_best"),
-                   "ami": {k: round(v, 4) for k, v in last.items() if k.startswith("ami/label")}}
+                   "ami": {k: round(v, 4) for k, v in last.items() if k.startswith("prototypes/ami/label")}}
             results[name].append(run)
             print(json.dumps({"variant": name, **run}), flush=True)
     print(json.dumps({"images": args.images, "sizes": args.sizes, "epochs": args.epochs, "batch": args.batch,

@@ -554,7 +554,7 @@ def part_end_to_end(rec: Recorder, args) -> None:
               for k in ("loss/total", "loss/prototype", "loss/instance")}
     rec["mlflow"] = {"status": run.info.status, "metrics": len(run.data.metrics), "losses": losses,
                      "knn_top1_best": run.data.metrics.get("knn/top1_best"),
-                     "cluster_level0_prototypes": run.data.metrics.get("cluster/level0/num_prototypes")}
+                     "cluster_level0_prototypes": run.data.metrics.get("prototypes/level0/num_prototypes")}
     rec["losses_finite"] = bool(losses["loss/total"]) and all(math.isfinite(v) for vs in losses.values() for v in vs)
     rec["pretrain_completed"] = run.info.status == "FINISHED" and len(losses["loss/total"]) == 2 and bool(
         losses["loss/prototype"])

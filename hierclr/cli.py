@@ -16,9 +16,12 @@ config, call the runtime, print a summary).
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 
 from hierclr.commands import demo, evaluate, export, finetune, kmeans, prepare_data, pretrain, sweep
+from hierclr.io.mlflow_store import COMMAND_ENV
 from hierclr.runtime import console
 
 VERBS = (pretrain, finetune, evaluate, sweep, demo, kmeans, prepare_data, export)  # finetune registers hcal too
@@ -49,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line as typed (a resume hint repeats it)
+    # the runs it makes record it (tag hierclr.command), in Ray workers too (they inherit the environment)
+    os.environ.setdefault(COMMAND_ENV, shlex.join(["hierclr", *args.argv]))
     console.setup(args.verbose)
     try:
         return args.func(args)

@@ -12,7 +12,8 @@
 # the repository) unless overridden; data paths must be absolute (the job runs in a copy of the repository).
 # Ray: the one answering at $RAY_API_SERVER_ADDRESS (default http://127.0.0.1:8265); if none does, this
 # starts one on loopback with $HIERCLR_LOCAL_CPUS logical CPUs (default 4) and leaves it running for the
-# next job: `ray job list`, `ray job logs -f ID`, and `ray stop` when done (it stops every Ray on the machine).
+# next job: `ray job list`, `ray job logs -f ID`, `ray job stop ID`, and `ray stop` when done (Ray 2.60's
+# `ray stop` has no --address: it stops every Ray process of yours on this machine, not only this head).
 set -euo pipefail
 
 verb=${1:?usage: run-local.sh pretrain|sweep [--laptop] ARGS...}

@@ -28,6 +28,14 @@ def add_run_flags(parser: argparse.ArgumentParser, default: str, set_example: st
                              "run) directory PATH")
     parser.add_argument("--stop-after-epoch", dest="stop_after_epoch", type=int, default=None,
                         help="checkpoint and exit after this epoch (resume later with --resume latest)")
+    parser.add_argument("--local", action="store_true",
+                        help="size workers, data CPUs and clustering actors to this machine (= --set "
+                             "resources.profile=local; a --set of those fields still wins)")
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides of a training verb, ``--local`` first (so an explicit ``--set`` wins)."""
+    return (["resources.profile=local"] if getattr(args, "local", False) else []) + list(args.set or ())
 
 
 def list_presets_if_asked(args: argparse.Namespace, preset_dir) -> bool:

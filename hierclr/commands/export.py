@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({"out": result.path, "sidecar": result.sidecar, "arch": result.arch,
                       "cifar_stem": result.cifar_stem, "feature_dim": result.feature_dim,
                       "num_classes": result.num_classes, "fc": result.fc, "kind": result.kind,
-                      "origin": result.origin, "load": result.load}, indent=2))
+                      "origin": result.origin, "epoch": result.epoch, "which": result.which,
+                      "load": result.load}, indent=2))
     # the human-readable part on stderr: stdout stays one JSON document
     if result.cifar_stem or result.arch in (None, "resnet10"):
         why = "a CIFAR stem (3x3 conv1, no max-pool)" if result.cifar_stem else f"{result.arch or 'this layout'}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hierclr.commands.common import add_run_flags, list_presets_if_asked, resolve_config, train_and_report
+from hierclr.commands.common import add_run_flags, list_presets_if_asked, overrides, resolve_config, train_and_report
 
 
 def _shown(key: str) -> bool:
@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from hierclr.config.supervised import load_supervised_config
 
-    overrides = list(args.set or ())
+    sets = overrides(args)
     if getattr(args, "loss", None):
-        overrides.insert(0, f"loss.name={args.loss}")
-    cfg = resolve_config(args, lambda: load_supervised_config(args.config, overrides, task=args.command))
+        sets.insert(0, f"loss.name={args.loss}")
+    cfg = resolve_config(args, lambda: load_supervised_config(args.config, sets, task=args.command))
     return 0 if cfg is None else train_and_report(cfg, args, _shown)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from hierclr.commands.common import int_list
@@ -66,11 +67,19 @@ def run_inspect(args: argparse.Namespace) -> int:
     from hierclr.runtime.ray_start import ensure_ray
 
     ensure_ray(args.num_cpus, log_to_driver=False)
-    src = open_source(args.uri, format=args.format, hierarchy=args.hierarchy, verify=args.verify)
+    src = open_source(args.uri, format=args.format, hierarchy=args.hierarchy, verify=args.verify)  # raises on a bad one
+    verified = None
+    if args.verify and src.manifest is not None:
+        n = len(src.manifest.shards)
+        verified = f"{n}/{n} shards"
+        print(f"inspect-data: {n}/{n} shards verified (sha256 as in the manifest)", file=sys.stderr)
+    elif args.verify:
+        print(f"inspect-data: --verify: {src.format} data has no manifest of hashes; nothing verified", file=sys.stderr)
     rows = src.read().take(args.sample)
     shapes = [list(decode_rgb(r["image"]).shape) for r in rows]
     print(json.dumps({"uri": src.uri, "format": src.format, "rows": src.num_rows, "classes": len(src.classes),
                       "hierarchy": list(src.hierarchy.sizes) if src.hierarchy else None, "units": len(src.units),
+                      "verified": verified,
                       "sample": [{"id": int(r["id"]), "label": int(r["label"]), "labels": [int(x) for x in r["labels"]],
                                   "shape": s} for r, s in zip(rows, shapes)]}, indent=2))
     return 0

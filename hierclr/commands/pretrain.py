@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from hierclr.commands.common import add_run_flags, list_presets_if_asked, resolve_config, train_and_report
+from hierclr.commands.common import add_run_flags, list_presets_if_asked, overrides, resolve_config, train_and_report
 
 SHOWN = ("epoch", "lr", "loss/total", "knn/top1_k20", "knn/top1_best", "train/images_per_s")
 
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from hierclr.config.pretrain import load_config
 
-    cfg = resolve_config(args, lambda: load_config(args.config, args.set or ()))
+    cfg = resolve_config(args, lambda: load_config(args.config, overrides(args)))
     return 0 if cfg is None else train_and_report(cfg, args, lambda k: k in SHOWN, floor=digits_floor(cfg))
 
 

@@ -9,6 +9,7 @@ fails here, naming the field, before Ray starts.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,7 +48,8 @@ def preset_table(preset_dir: Path = PRESET_DIR, width: int = 110) -> str:
                 break
             words.append(line.lstrip("#").strip())
         text = " ".join(w for w in words if w)
-        text = text.split(". ")[0] if len(text) > width else text  # the first sentence of a long comment
+        if len(text) > width:  # the first sentence of a long comment ("et al. 2020" does not end one)
+            text = re.split(r"(?<!\bal)\. (?=[A-Z])", text)[0]
         rows.append((name, text if len(text) <= width else text[: width - 3] + "..."))
     pad = max((len(n) for n, _ in rows), default=0)
     return "\n".join(f"{n:<{pad}}  {t}".rstrip() for n, t in rows)
@@ -112,11 +114,20 @@ def apply_override(tree: dict, assignment: str) -> dict:
 
 
 def load_tree(source: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
-              preset_dir: Path = PRESET_DIR) -> dict:
-    """The raw tree of ``source`` (None: empty, all defaults) with the ``key=value`` overrides applied."""
+              preset_dir: Path = PRESET_DIR, *, services: bool = False) -> dict:
+    """The raw tree of ``source`` (None: empty, all defaults) with the ``key=value`` overrides applied. With
+    ``resources.profile: local`` the machine's sizing goes between the file and the overrides (``services``: the
+    schema has clustering actors to size)."""
     tree = read_yaml(source, preset_dir) if source is not None else {}
     for o in overrides:
         apply_override(tree, o)
+    if isinstance(tree.get("resources"), dict) and tree["resources"].get("profile") == "local":
+        from hierclr.config.profiles import local_overrides
+
+        sized = local_overrides(tree, services=services)
+        tree = read_yaml(source, preset_dir) if source is not None else {}
+        for o in (*sized, *overrides):
+            apply_override(tree, o)
     return tree
 
 

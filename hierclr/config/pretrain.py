@@ -13,7 +13,13 @@ from pydantic import Field, field_validator, model_validator
 
 from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
 from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
-from hierclr.config.sections import CheckpointSection, DataSection, OptimSection, ResourcesSection, TrackingSection
+from hierclr.config.sections import (
+    CheckpointSection,
+    OptimSection,
+    ResourcesSection,
+    TrackingSection,
+    TrainDataSection,
+)
 from hierclr.eval.precision import FeaturePrecision
 
 Method = Literal["hcsc", "moco", "pcl"]
@@ -99,7 +105,7 @@ class PretrainConfig(Section):
     method: Method = "hcsc"
     compat: Literal["official", "paper"] = "official"
     seed: int = 0
-    data: DataSection = DataSection()
+    data: TrainDataSection = TrainDataSection()
     model: ModelConfig = ModelConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     service: ClusteringServiceSection = ClusteringServiceSection()
@@ -148,7 +154,7 @@ class PretrainConfig(Section):
 
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
     """Preset name or YAML path (None: all defaults) + ``key=value`` overrides -> validated config."""
-    return validate(PretrainConfig, load_tree(source, overrides), source)
+    return validate(PretrainConfig, load_tree(source, overrides, services=True), source)
 
 
 __all__ = ["PRESET_DIR", "ClusteringConfig", "ClusteringServiceSection", "EvalSection", "HCSCLossConfig", "Method",

@@ -44,6 +44,16 @@ class DataSection(Section):
                                        if (v := getattr(self, k)) is not None})
 
 
+class TrainDataSection(DataSection):
+    """The data of a training run: :class:`DataSection` and the fraction of the training split it trains on."""
+
+    fraction: float = Field(1.0, gt=0, le=1, description="train on this fraction of data.train: a seeded draw of "
+                                                         "the same fraction of every class (unlabelled rows as one "
+                                                         "more class), the same ids in the train and embed streams; "
+                                                         "the prepared shards are read as they are")
+    fraction_seed: int = Field(0, description="seed of the data.fraction draw")
+
+
 class OptimSection(Section):
     """SGD with a per-epoch cosine schedule; ``lr = base_lr * global_batch / 256`` (linear scaling)."""
 
@@ -62,8 +72,12 @@ class OptimSection(Section):
 
 
 class ResourcesSection(Section):
-    """Ray resources. ``address`` None: join ``RAY_ADDRESS`` if set, else start a local Ray."""
+    """Ray resources. ``address`` None: join ``RAY_ADDRESS`` if set, else start a local Ray. ``profile: local``
+    (``--local``) sizes workers, data CPUs and clustering actors to this machine (:mod:`hierclr.config.profiles`)."""
 
+    profile: Literal["fixed", "local"] = Field("fixed", description="fixed: the values below as written; local: "
+                                                                    "sized to this machine's CPUs and GPUs when the "
+                                                                    "config is loaded (--set of a field still wins)")
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)

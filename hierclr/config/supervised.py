@@ -13,7 +13,13 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from hierclr.config.loader import SUPERVISED_PRESET_DIR, Section, list_presets, load_tree, validate
-from hierclr.config.sections import CheckpointSection, DataSection, OptimSection, ResourcesSection, TrackingSection
+from hierclr.config.sections import (
+    CheckpointSection,
+    OptimSection,
+    ResourcesSection,
+    TrackingSection,
+    TrainDataSection,
+)
 
 Task = Literal["finetune", "hcal"]
 LossName = Literal["ce", "supcon", "clce", "varcon"]
@@ -162,7 +168,7 @@ class SupervisedConfig(Section):
     name: str = "hierclr-supervised"
     task: Task = "finetune"
     seed: int = 0
-    data: DataSection = DataSection()
+    data: TrainDataSection = TrainDataSection()
     model: SupervisedModelSection = SupervisedModelSection()
     loss: SupervisedLossSection = SupervisedLossSection()
     hcal: HCALSection = HCALSection()
@@ -175,7 +181,7 @@ class SupervisedConfig(Section):
 
     @field_validator("data")
     @classmethod
-    def _needs_val(cls, v: DataSection) -> DataSection:
+    def _needs_val(cls, v: TrainDataSection) -> TrainDataSection:
         if v.val is None:
             raise ValueError("data.val is required: supervised runs report accuracy on a labelled val split")
         return v
@@ -188,6 +194,9 @@ class SupervisedConfig(Section):
         if self.optim.warmup_epochs >= self.optim.epochs > 1:
             raise ValueError(f"optim.warmup_epochs ({self.optim.warmup_epochs}) must be below optim.epochs "
                              f"({self.optim.epochs})")
+        if self.subset.active and self.data.fraction < 1:
+            raise ValueError(f"data.fraction ({self.data.fraction}) and subset.* both choose the training rows: give "
+                             "one (subset.fraction draws a label subset the same way)")
         if self.model.sync_bn and not self.resources.use_gpu:
             raise ValueError("model.sync_bn needs GPU workers (resources.use_gpu=true): torch's SyncBatchNorm does "
                              "not run on the CPU")

@@ -6,7 +6,7 @@ the good images, in a seeded random order so every shard mixes classes, into sha
 ``shard_size`` rows with dense ids 0..N-1. Each finished shard leaves a progress record (its plan
 hash and sha256); a rerun skips shards whose file still matches it, so an interrupted conversion
 resumes and produces byte-identical output. ``manifest.json`` is written last: its presence marks a
-complete split.
+complete split, and the progress records (``_progress/``) are removed then.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import posixpath
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -408,9 +409,9 @@ def prepare_split(plan: SplitPlan, out: Location, cfg: PrepareConfig, window: in
             records[s] = rec
             continue
         calls.append((s, (out, file, plan.loader, keys, part.tolist(), labels, start, cfg, plan_hash)))
-    if records:
-        log.info("%s: %d of %d shards already written and verified; skipping them", plan.name, len(records),
-                 len(records) + len(calls))
+    if records:  # a resumed conversion: said whatever the log level (the progress bar shows only what is left)
+        print(f"prepare-data {plan.name}: resuming: {len(records)} of {len(records) + len(calls)} shards already "
+              f"written and verified, kept; writing {len(calls)}", file=sys.stderr)
     _run_tasks(_write_shard, [c[1] for c in calls], window, lambda i, r: records.__setitem__(calls[i][0], r),
                f"write {plan.name}", in_process)
     recs = [records[s] for s in sorted(records)]
@@ -436,6 +437,7 @@ def prepare_split(plan: SplitPlan, out: Location, cfg: PrepareConfig, window: in
         options={**options, "hierclr": hierclr.__version__},
     )
     manifest.write(out)
+    out.join(PROGRESS_DIR).remove_tree()  # the resume records: the manifest now holds what they held
     return manifest
 
 

@@ -66,6 +66,30 @@ class ShardSource:
         """Arguments of :func:`read_units` for this source (what a Ray task needs to read a unit)."""
         return {"filesystem": self.location.filesystem, "level_map": self.level_map(), "num_classes": len(self.classes)}
 
+    def labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, labels)`` of every row, int64, in id order, without reading an image: the ``id`` and ``label``
+        columns of parquet shards, the listing of an ImageFolder, an index pass over WebDataset tars (Ray tasks)."""
+        units = [json.loads(u) for u in self.units]
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            tables = [pq.read_table(u["path"], filesystem=self.location.filesystem, columns=["id", "label"])
+                      for u in units]
+            ids = np.concatenate([t.column("id").to_numpy() for t in tables])
+            labels = np.concatenate([t.column("label").to_numpy() for t in tables])
+        elif self.format == "imagefolder":
+            ids = np.concatenate([np.asarray(u["ids"], np.int64) for u in units])
+            labels = np.concatenate([np.asarray(u["labels"], np.int64) for u in units])
+        else:
+            import ray
+
+            index = ray.remote(num_cpus=1, scheduling_strategy=OWN_RESOURCES)(index_shard)
+            parts = ray.get([index.remote(resolve(u["uri"])) for u in units])
+            ids = np.concatenate([np.arange(u["first_id"], u["first_id"] + len(p)) for u, p in zip(units, parts)])
+            labels = np.concatenate(parts)
+        order = np.argsort(ids, kind="stable")
+        return ids[order].astype(np.int64), labels[order].astype(np.int64)
+
     def read(self, *, shuffle_seed: int | None = None, reseed_each_epoch: bool = True):
         """The rows as a ``ray.data.Dataset``, one read task per unit."""
         return self.units_dataset(shuffle_seed=shuffle_seed, reseed_each_epoch=reseed_each_epoch).map_batches(
@@ -202,6 +226,8 @@ def _verify_hashes(loc: Location, manifest: Manifest) -> None:
 
     locs = [loc.join(s.file) for s in manifest.shards]
     hashes = ray.get([ray.remote(num_cpus=1, scheduling_strategy=OWN_RESOURCES)(sha256_of).remote(x) for x in locs])
-    for s, x, h in zip(manifest.shards, locs, hashes):
-        if h != s.sha256:
-            raise DataFormatError(f"shard {x.uri} fails its content hash (manifest {s.sha256[:12]}..., file {h[:12]}...)")
+    bad = [f"shard {x.uri} fails its content hash (manifest {s.sha256[:12]}..., file {h[:12]}...)"
+           for s, x, h in zip(manifest.shards, locs, hashes) if h != s.sha256]
+    if bad:
+        raise DataFormatError(("; ".join(bad[:5]) + (f"; ... {len(bad) - 5} more" if len(bad) > 5 else "")
+                               + f" ({len(bad)} of {len(locs)} shards fail)") if len(bad) > 1 else bad[0])

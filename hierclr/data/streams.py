@@ -205,13 +205,18 @@ class ImageStream:
         return self.dataset.streaming_split(n, equal=self.kind == "train")
 
 
-def _ledger(source: ShardSource, cfg: StreamConfig, kind: str):
+def _ledger(source: ShardSource, cfg: StreamConfig, kind: str, keep_ids: np.ndarray | None = None):
+    """The stream's bad-image budget: a fraction of the rows it reads (``keep_ids``: only those)."""
     import ray
 
     actor = ray.remote(num_cpus=0)(BadImageBudget)
     return actor.options(name=f"hierclr-bad-images-{kind}-{uuid.uuid4().hex[:8]}",
                          scheduling_strategy=OWN_RESOURCES).remote(
-        source.num_rows, cfg.max_bad_fraction, source.uri)
+        source.num_rows if keep_ids is None else len(keep_ids), cfg.max_bad_fraction, source.uri)
+
+
+def _kept(keep_ids) -> np.ndarray | None:
+    return None if keep_ids is None else np.unique(np.asarray(keep_ids, np.int64))
 
 
 def _budget(ds, cfg: StreamConfig):
@@ -234,7 +239,7 @@ def _per_unit(task):
 
     def run(units: dict, *, batch_size: int, reader: dict, keep_ids: np.ndarray | None = None, **kwargs):
         batch = read_units(units, **reader)
-        if keep_ids is not None:  # a label subset (semi-supervised protocol): drop other rows before decoding
+        if keep_ids is not None:  # a subset (data.fraction, a label subset): drop other rows before decoding
             mask = np.isin(batch["id"], keep_ids)
             batch = {k: (v[mask] if isinstance(v, np.ndarray) else [x for x, m in zip(v, mask) if m])
                      for k, v in batch.items()}
@@ -264,26 +269,29 @@ def train_stream(source: ShardSource, cfg: StreamConfig | None = None, *,
                  keep_ids: np.ndarray | None = None) -> ImageStream:
     """Shuffled (unit order per epoch + within batches), decoded, two-view (or multi-crop) augmented rows:
     ``view0..viewV-1`` uint8 ``(3, S, S)``, ``id``, ``label``, ``labels``. ``keep_ids``: only these dataset
-    ids (a label subset), filtered before decoding."""
+    ids (``data.fraction``, a label subset), filtered before decoding."""
     cfg = cfg or StreamConfig()
-    ledger = _ledger(source, cfg, "train")
+    keep_ids = _kept(keep_ids)
+    ledger = _ledger(source, cfg, "train", keep_ids)
     ds = source.units_dataset(shuffle_seed=cfg.seed if cfg.shuffle else None)
     ds = ds.map_batches(_per_unit(_train_task), batch_size=None, num_cpus=1,
                         fn_kwargs={"batch_size": cfg.batch_size, "reader": source.reader_kwargs(),
                                    "transforms": cfg.transforms, "augment_on": cfg.augment_on, "seed": cfg.seed,
-                                   "ledger": ledger,
-                                   "keep_ids": None if keep_ids is None else np.unique(np.asarray(keep_ids))})
+                                   "ledger": ledger, "keep_ids": keep_ids})
     return ImageStream("train", _budget(ds, cfg), source, cfg, ledger)
 
 
-def embed_stream(source: ShardSource, cfg: StreamConfig | None = None) -> ImageStream:
-    """Every row once, in a deterministic order, eval-transformed: ``image`` uint8, ``id``, ``label``, ``labels``."""
+def embed_stream(source: ShardSource, cfg: StreamConfig | None = None, *,
+                 keep_ids: np.ndarray | None = None) -> ImageStream:
+    """Every row once (``keep_ids``: every one of these ids), in a deterministic order, eval-transformed:
+    ``image`` uint8, ``id``, ``label``, ``labels``."""
     cfg = cfg or StreamConfig()
-    ledger = _ledger(source, cfg, "embed")
+    keep_ids = _kept(keep_ids)
+    ledger = _ledger(source, cfg, "embed", keep_ids)
     ds = source.units_dataset(shuffle_seed=None)
     ds = ds.map_batches(_per_unit(_embed_task), batch_size=None, num_cpus=1,
                         fn_kwargs={"batch_size": cfg.batch_size, "reader": source.reader_kwargs(),
-                                   "transforms": cfg.transforms, "ledger": ledger})
+                                   "transforms": cfg.transforms, "ledger": ledger, "keep_ids": keep_ids})
     ds = _budget(ds, cfg)
     ds.context.execution_options.preserve_order = True
     return ImageStream("embed", ds, source, cfg, ledger)

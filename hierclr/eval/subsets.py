@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def per_class_subset(ids, labels, fraction: float, *, seed: int = 0) -> np.ndarray:
-    """Sorted dataset ids: ``max(1, round(fraction * n_c))`` ids drawn without replacement from every class c
-    (rows with label < 0 are never drawn). Deterministic for a seed, independent of the input order."""
+def per_class_subset(ids, labels, fraction: float, *, seed: int = 0, unlabelled: bool = False) -> np.ndarray:
+    """Sorted dataset ids: ``max(1, round(fraction * n_c))`` ids drawn without replacement from every class c.
+    Rows with label < 0 are never drawn, or, with ``unlabelled``, drawn as one more class (``data.fraction``).
+    Deterministic for a seed, independent of the input order."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     ids = np.asarray(ids, np.int64)
@@ -21,7 +22,9 @@ def per_class_subset(ids, labels, fraction: float, *, seed: int = 0) -> np.ndarr
     ids, labels = ids[order], labels[order]
     rng = np.random.default_rng(seed)
     keep = []
-    for c in np.unique(labels[labels >= 0]):
+    if unlabelled:
+        labels = np.maximum(labels, -1)
+    for c in np.unique(labels if unlabelled else labels[labels >= 0]):
         members = ids[labels == c]
         n = max(1, round(fraction * len(members)))
         keep.append(rng.choice(members, size=n, replace=False))

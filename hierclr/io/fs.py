@@ -59,6 +59,11 @@ class Location:
             with self.filesystem.open_output_stream(self.path) as f:
                 f.write(data)
 
+    def remove_tree(self) -> None:
+        """Delete this directory and everything in it; nothing when it does not exist."""
+        if self.is_dir():
+            self.filesystem.delete_dir(self.path)
+
     def list_files(self, recursive: bool = True) -> list[pafs.FileInfo]:
         """Regular files below this directory, sorted by path (a stable order for stable ids)."""
         infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, recursive=recursive))

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+COMMAND_ENV = "HIERCLR_COMMAND"  # the CLI's command line, for the runs it makes (tag hierclr.command)
+
 SQLITE = "sqlite:///"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the embedded local store in the working directory
 _NAMED_STORES = ("databricks", "databricks-uc", "uc")  # tracking URIs without a scheme that are not paths

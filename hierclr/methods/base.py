@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +33,17 @@ def eval_due(every: int, epoch: int, last: int) -> bool:
     """Evaluate after ``epoch``? Every ``every`` epochs (0: never on the way) and always after the run's last epoch
     ``last`` (the config's last, or ``--stop-after-epoch``)."""
     return (every > 0 and (epoch + 1) % every == 0) or epoch == last
+
+
+def fraction_ids(source, data) -> np.ndarray | None:
+    """The dataset ids a run trains on under ``data.fraction`` (sorted; a seeded draw of that fraction of every
+    class of ``source``, unlabelled rows as one more class), read from the labels alone; None: every row."""
+    if data.fraction >= 1:
+        return None
+    from hierclr.eval.subsets import per_class_subset
+
+    ids, labels = source.labels()
+    return per_class_subset(ids, labels, data.fraction, seed=data.fraction_seed, unlabelled=True)
 
 
 class Method:

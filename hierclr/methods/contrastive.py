@@ -37,7 +37,7 @@ from hierclr.eval.precision import FeaturePrecision, autocast_dtype, feature_dty
 from hierclr.eval.selection_quality import SelectionCounter, selection_metrics
 from hierclr.io.fs import resolve
 from hierclr.losses import HCSCObjective, PCLObjective
-from hierclr.methods.base import Method, Plan, Prepared, eval_due
+from hierclr.methods.base import Method, Plan, Prepared, eval_due, fraction_ids
 from hierclr.methods.contrastive_step import embed_pass, hcsc_train_step
 from hierclr.methods.key_bank import KeyBank
 from hierclr.models import MoCo
@@ -214,7 +214,7 @@ class Contrastive(Method):
             waited = time.perf_counter() - t1
             row["time/cluster"] = stats.cluster_s
             row["time/broadcast"] = max(waited - stats.total_s, 0.0)  # incl. waiting for the slowest rank
-            row.update(stats.as_metrics(prefix="cluster/"))
+            row.update(stats.as_metrics(prefix="prototypes/"))
             self.protos = protos = protos.to(env.device)
             self.check_ids = stats.num_missing > 0  # ids skipped by the embed stream must not reach the loss
             lm = self.level_map
@@ -225,8 +225,9 @@ class Contrastive(Method):
             if cfg.eval.ami and lm is not None and env.rank == 0 and ami_due(cfg, epoch):  # paper Table 11
                 from hierclr.eval.hierarchy_ami import prototype_label_ami
 
-                row.update(prototype_label_ami(protos.assignments.cpu().numpy(), self.labels_by_id,
-                                               max_samples=cfg.eval.ami_max_samples, seed=cfg.seed))
+                ami = prototype_label_ami(protos.assignments.cpu().numpy(), self.labels_by_id,
+                                          max_samples=cfg.eval.ami_max_samples, seed=cfg.seed)
+                row.update({f"prototypes/{k}": v for k, v in ami.items()})  # MLflow's UI: a section after loss
             every = cfg.tracking.hierarchy_every
             if self.tracker is not None and every and (epoch - cfg.loss.warmup_epochs) % every == 0:
                 log_hierarchy(self.tracker, protos, f"hierarchy/epoch_{epoch:03d}")
@@ -344,19 +345,25 @@ class ContrastivePlan(Plan):
         if val_src is not None and val_src.classes and train_src.classes and val_src.classes != train_src.classes:
             raise ValueError(f"data.val ({d.val}) has classes {list(val_src.classes)[:5]}..., different from "
                              f"data.train's {list(train_src.classes)[:5]}...: kNN needs one label space")
+        # data.fraction: the train and embed streams read the same ids, which keep their dataset numbers (the
+        # E-step's id range stays num_rows; the ids left out get no prototype and never reach a step)
+        keep_ids = fraction_ids(train_src, d)
+        num_train = train_src.num_rows if keep_ids is None else len(keep_ids)
         scfg = stream_config(cfg)
-        streams = {"train": train_stream(train_src, scfg), "embed": embed_stream(train_src, scfg)}
+        streams = {"train": train_stream(train_src, scfg, keep_ids=keep_ids),
+                   "embed": embed_stream(train_src, scfg, keep_ids=keep_ids)}
         if val_src is not None:
             streams["val"] = embed_stream(val_src, scfg)
-        if not self.rows_checked:  # WebDataset tars: counted by the index pass just now
-            self.check_rows(train_src.num_rows)
-        header = (f"{cfg.method}, {cfg.resources.num_workers} worker(s), {train_src.num_rows} images, "
+        if not self.rows_checked or keep_ids is not None:  # WebDataset tars (index pass just now), data.fraction
+            self.check_rows(num_train)
+        part = "" if keep_ids is None else f" of {train_src.num_rows} (data.fraction {d.fraction:g})"
+        header = (f"{cfg.method}, {cfg.resources.num_workers} worker(s), {num_train} images{part}, "
                   f"epochs {start_epoch}..{cfg.optim.epochs - 1}")
         run_fields = {"num_classes": len(train_src.classes), "has_val": val_src is not None,
                       "num_rows": train_src.num_rows,
                       "level_map": train_src.level_map().tolist() if train_src.classes else None}
         return Prepared(streams=streams, run_fields=run_fields, tags={"hierclr.method": cfg.method},
-                        header=header, train_src=train_src)
+                        header=header, train_src=train_src, extras={"num_train": num_train})
 
     def start_services(self, name: str, prepared: Prepared) -> dict:
         cfg = self.cfg
@@ -366,7 +373,8 @@ class ContrastivePlan(Plan):
 
         self.service = ClusteringService.start(
             f"hierclr-clustering-{name}", cfg.clustering, cfg.service, method=cfg.method,
-            pcl_sizes=cfg.pcl.num_clusters, num_rows=prepared.train_src.num_rows, compat=cfg.compat)
+            pcl_sizes=cfg.pcl.num_clusters, num_rows=prepared.train_src.num_rows,
+            num_expected=prepared.extras["num_train"], compat=cfg.compat)
         return {"service_name": self.service.name}
 
     def stop_services(self) -> None:

@@ -22,7 +22,7 @@ from hierclr.config.supervised import SupervisedConfig
 from hierclr.data.streams import eval_batches
 from hierclr.eval.hierarchical import hierarchy_metrics, parent_tables
 from hierclr.io.fs import resolve
-from hierclr.methods.base import Method, Plan, Prepared
+from hierclr.methods.base import Method, Plan, Prepared, fraction_ids
 from hierclr.methods.supervised_step import finetune_loss, predict
 from hierclr.models.classifiers import SupervisedNet
 from hierclr.runtime.metrics import gather_objects
@@ -253,9 +253,7 @@ class SupervisedPlan(Plan):
                 raise ValueError(f"subset.ids_file {sub.ids_file}: expected a non-empty 1-D integer array of "
                                  "dataset ids")
             return np.unique(ids.astype(np.int64))
-        rows = train_src.read().select_columns(["id", "label"]).take_all()
-        ids = np.array([r["id"] for r in rows], np.int64)
-        labels = np.array([r["label"] for r in rows], np.int64)
+        ids, labels = train_src.labels()
         return per_class_subset(ids, labels, sub.fraction, seed=sub.seed)
 
     def extra_streams(self, train_src, scfg, start_epoch: int) -> dict:
@@ -275,7 +273,7 @@ class SupervisedPlan(Plan):
         level_map = self._label_space(train_src, val_src)
         if not self.rows_checked:  # WebDataset tars: counted by the index pass just now
             self.check_rows(train_src.num_rows)
-        keep_ids = self._subset_ids(train_src) if cfg.subset.active else None
+        keep_ids = self._subset_ids(train_src) if cfg.subset.active else fraction_ids(train_src, d)
         num_train = train_src.num_rows if keep_ids is None else len(keep_ids)
         if keep_ids is not None and num_train < cfg.optim.batch_size:  # a subset is chosen on Ray (labels, keys)
             raise ValueError(f"data.train has {num_train} images in the subset, fewer than one global batch "
@@ -289,8 +287,9 @@ class SupervisedPlan(Plan):
         if cfg.model.init:
             tags["hierclr.init"] = cfg.model.init
         levels = "-".join(str(int(level_map[:, lv].max()) + 1) for lv in range(level_map.shape[1]))
+        subset = " (label subset)" if cfg.subset.active else f" of {train_src.num_rows} (data.fraction {d.fraction:g})"
         header = (f"{cfg.method}, {cfg.resources.num_workers} worker(s), {num_train} images"
-                  f"{' (label subset)' if keep_ids is not None else ''}, classes per level {levels}, "
+                  f"{subset if keep_ids is not None else ''}, classes per level {levels}, "
                   f"epochs {start_epoch}..{cfg.optim.epochs - 1}")
         return Prepared(streams=streams, run_fields={"level_map": level_map.tolist()}, tags=tags, header=header,
                         train_src=train_src, extras={"level_map": level_map})

@@ -141,6 +141,8 @@ class ExportResult:
     kind: str  # the source kind (hierclr-pretrain, hierclr-supervised, torchvision, official-moco, mlflow-model)
     source: str
     origin: str  # what was read: a file, a checkpoint directory, a models:/ URI
+    epoch: int | None  # the epoch of the weights (None: the source does not say)
+    which: str | None  # "last" (a run's newest checkpoint, encoder_last) | "best" (best_*.pt, encoder_best) | None
     load: str  # Python that loads the file without hierclr
 
 
@@ -218,7 +220,7 @@ def export_backbone(source: str | Path, out: str | Path, *, num_classes: int | N
     load = _load_snippet(spec, n, str(out))
     result = ExportResult(path=str(out), sidecar=sidecar_path(out), arch=spec.arch, cifar_stem=spec.cifar_stem,
                           feature_dim=spec.feature_dim, num_classes=n, fc=fc_kind, kind=found.kind, source=str(source),
-                          origin=found.origin, load=load)
+                          origin=found.origin, epoch=found.epoch, which=found.which, load=load)
     meta = {"format": FORMAT, **asdict(result), "constructor": spec.constructor(n), "block": spec.block,
             "layers": list(spec.layers), "groups": spec.groups, "width_per_group": spec.width_per_group,
             "sha256": hashlib.sha256(data).hexdigest(), "hierclr_version": hierclr.__version__,

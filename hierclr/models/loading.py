@@ -39,6 +39,9 @@ RUN_DIR_TAG = "hierclr.run_dir"
 # tried in this order for `mlflow:<run_id>`: the last encoder, as the papers report (encoder_best is chosen by kNN
 # on the val split, which the CIFAR presets set to the test split)
 _MODEL_NAMES = ("encoder_last", "encoder_best")
+EPOCH_TAG = "hierclr.epoch"  # on every logged encoder model: the epoch its weights are from
+_WHICH = {"encoder_last": "last", "encoder_best": "best"}
+_BEST_FILES = ("best_encoder.pt", "best_model.pt")
 
 
 class CheckpointMismatchError(ValueError):
@@ -57,14 +60,25 @@ def _torch_load(data: bytes, where: str) -> dict:
 
 class SourceWeights(NamedTuple):
     """What :func:`read_source` found: the detected ``kind``, the trunk state (torchvision names, no ``fc``),
-    the projection head state (may be empty), the whole flat state dict, and ``origin``: what was read (the
-    file or checkpoint directory, or for MLflow sources the ``models:/`` URI or the run's checkpoint)."""
+    the projection head state (may be empty), the whole flat state dict, ``origin``: what was read (the file or
+    checkpoint directory, or for MLflow sources the ``models:/`` URI or the run's checkpoint), the ``epoch`` its
+    weights are from and ``which``: ``last`` (a run's newest checkpoint, ``encoder_last``) or ``best``
+    (``best_*.pt``, ``encoder_best``); None where the source does not say."""
 
     kind: str
     trunk: dict[str, torch.Tensor]
     head: dict[str, torch.Tensor]
     state: dict[str, torch.Tensor]
     origin: str
+    epoch: int | None = None
+    which: str | None = None
+
+
+class _Read(NamedTuple):
+    state: dict[str, torch.Tensor]
+    origin: str
+    epoch: int | None = None
+    which: str | None = None
 
 
 def is_mlflow_source(source: str | Path) -> bool:
@@ -74,29 +88,39 @@ def is_mlflow_source(source: str | Path) -> bool:
 def read_source(source: str | Path, *, tracking_uri: str | None = None) -> SourceWeights:
     """Read ``source`` (any kind this module loads) and split it into trunk and head."""
     if is_mlflow_source(source):
-        state, origin, from_model = read_mlflow_weights(str(source), tracking_uri=tracking_uri)
+        read, from_model = _read_mlflow(str(source), tracking_uri=tracking_uri)
     else:
-        state, origin, from_model = read_weights(source), str(source), False
-    kind, trunk, head = split_trunk_head(state)
-    return SourceWeights("mlflow-model" if from_model else kind, trunk, head, state, origin)
+        read, from_model = _read_local(source), False
+    kind, trunk, head = split_trunk_head(read.state)
+    return SourceWeights("mlflow-model" if from_model else kind, trunk, head, read.state, read.origin, read.epoch,
+                         read.which)
 
 
 def read_weights(source: str | Path, *, tracking_uri: str | None = None) -> dict[str, torch.Tensor]:
     """The flat state dict behind ``source`` (file, hierclr checkpoint / run directory, or MLflow source)."""
-    from hierclr.io.fs import resolve
 
     if is_mlflow_source(source):
-        return read_mlflow_weights(str(source), tracking_uri=tracking_uri)[0]
-    from hierclr.io.checkpoint import latest_checkpoint, read_checkpoint_file
+        return _read_mlflow(str(source), tracking_uri=tracking_uri)[0].state
+    return _read_local(source).state
+
+
+def _read_local(source: str | Path) -> _Read:
+    from hierclr.io.checkpoint import latest_checkpoint, read_checkpoint_file, read_state_json
+    from hierclr.io.fs import resolve
 
     text = str(source)
     loc = resolve(text)
     if loc.is_dir():
         ckpt = latest_checkpoint(text)  # the newest checkpoint whose files match its state.json
-        return _flatten(_torch_load(read_checkpoint_file(ckpt, "model.pt"), f"{ckpt}/model.pt"))
+        state = _flatten(_torch_load(read_checkpoint_file(ckpt, "model.pt"), f"{ckpt}/model.pt"))
+        named = Path(ckpt).resolve() == Path(loc.path).resolve()  # a checkpoint given itself, not a run directory
+        return _Read(state, str(ckpt), int(read_state_json(ckpt)["epoch"]), None if named else "last")
     if not loc.exists():
         raise FileNotFoundError(f"model.init: {text} does not exist")
-    return _flatten(_torch_load(loc.read_bytes(), text))
+    raw = _torch_load(loc.read_bytes(), text)
+    epoch = raw.get("epoch")
+    return _Read(_flatten(raw), text, epoch if isinstance(epoch, int) else None,
+                 "best" if Path(loc.path).name in _BEST_FILES else None)
 
 
 def _flatten(obj: dict) -> dict[str, torch.Tensor]:
@@ -156,7 +180,8 @@ def load_backbone(backbone: nn.Module, source: str | Path, *, head: nn.Module | 
     """Load ``source``'s trunk into ``backbone`` (strict) and, with ``head``, its projection head.
     Returns the detected kind (``hierclr-pretrain``, ``hierclr-supervised``, ``torchvision``,
     ``official-moco``, ``mlflow-model``). ``tracking_uri``: the MLflow store of an MLflow source."""
-    kind, trunk, head_state, _, _ = read_source(source, tracking_uri=tracking_uri)
+    found = read_source(source, tracking_uri=tracking_uri)
+    kind, trunk, head_state = found.kind, found.trunk, found.head
     _strict_load(backbone, trunk, "trunk", str(source))
     if head is not None:
         if not head_state:
@@ -191,10 +216,16 @@ def tracking_store(tracking_uri: str | None = None) -> str:
     return uri
 
 
-def read_mlflow_weights(source: str, *, tracking_uri: str | None = None) -> tuple[dict[str, torch.Tensor], str, bool]:
-    """``(flat state dict, origin, from_model)`` for an MLflow source: the logged model's ``state_dict()``
-    (``from_model`` True), else the checkpoint of the run's ``hierclr.run_dir`` tag. Raises ValueError
-    naming the run and the store when the run does not exist or has neither."""
+def _logged(model) -> tuple[int | None, str | None]:
+    """(epoch, last / best) of a logged encoder model, from its ``hierclr.epoch`` tag and its name."""
+    epoch = (model.tags or {}).get(EPOCH_TAG)
+    return (int(epoch) if epoch is not None and epoch.lstrip("-").isdigit() else None), _WHICH.get(model.name)
+
+
+def _read_mlflow(source: str, *, tracking_uri: str | None = None) -> tuple[_Read, bool]:
+    """``(what was read, from_model)`` for an MLflow source: the logged model's ``state_dict()`` (``from_model``
+    True), else the checkpoint of the run's ``hierclr.run_dir`` tag. Raises ValueError naming the run and the
+    store when the run does not exist or has neither."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -202,7 +233,12 @@ def read_mlflow_weights(source: str, *, tracking_uri: str | None = None) -> tupl
 
     uri = tracking_store(tracking_uri)
     if source.startswith("models:/"):
-        return _load_logged_model(source, uri), source, True
+        state = _load_logged_model(source, uri)
+        try:
+            found = _logged(MlflowClient(tracking_uri=uri).get_logged_model(source[len("models:/"):].split("/")[0]))
+        except Exception:  # noqa: BLE001  a registered-model URI, or a store without logged models: no provenance
+            found = (None, None)
+        return _Read(state, source, *found), True
     run_id, name = parse_mlflow_source(source)
     names = (name,) if name else _MODEL_NAMES
     client = MlflowClient(tracking_uri=uri)
@@ -221,7 +257,7 @@ def read_mlflow_weights(source: str, *, tracking_uri: str | None = None) -> tupl
             continue
         model_uri = f"models:/{model.model_id}"
         try:
-            return _load_logged_model(model_uri, uri), model_uri, True
+            return _Read(_load_logged_model(model_uri, uri), model_uri, *_logged(model)), True
         except Exception as err:  # noqa: BLE001  any load failure: fall back to the run's checkpoints
             problems.append(f"{n} ({model_uri}) does not load: {' '.join(str(err).split())[:300]}")
             log.warning("MLflow run %s: %s", run_id, problems[-1])
@@ -230,8 +266,8 @@ def read_mlflow_weights(source: str, *, tracking_uri: str | None = None) -> tupl
         found = _run_dir_weights(run_dir, names)
         if found is not None:
             log.info("MLflow run %s: no loadable %s model; read %s (its %s tag)", run_id, "/".join(names),
-                     found[1], RUN_DIR_TAG)
-            return found[0], found[1], False
+                     found.origin, RUN_DIR_TAG)
+            return found, False
         problems.append(f"its {RUN_DIR_TAG} {run_dir} holds no checkpoint")
     have = ", ".join(sorted(models)) or "none"
     raise ValueError(f"MLflow run {run_id} in the tracking store {uri} has no encoder model "
@@ -273,22 +309,22 @@ def _load_logged_model(model_uri: str, uri: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
 
 
-def _run_dir_weights(run_dir: str, names: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], str] | None:
+def _run_dir_weights(run_dir: str, names: tuple[str, ...]) -> _Read | None:
     from hierclr.io.fs import resolve
 
     loc = resolve(run_dir)
-    best = [loc.join("best_encoder.pt"), loc.join("best_model.pt")] if "encoder_best" in names else []
+    best = [loc.join(f) for f in _BEST_FILES] if "encoder_best" in names else []
 
     def best_file():
         for c in best:
             if c.is_file():
-                return _flatten(_torch_load(c.read_bytes(), c.uri)), c.uri
+                return _read_local(c.uri)
         return None
 
     if names[0] == "encoder_best" and (found := best_file()) is not None:
         return found
     try:
-        return read_weights(run_dir), run_dir  # the newest checkpoint: the last encoder
+        return _read_local(run_dir)  # the newest checkpoint: the last encoder
     except (ValueError, FileNotFoundError) as err:
         log.warning("MLflow fallback to %s failed: %s", run_dir, err)
     return best_file()

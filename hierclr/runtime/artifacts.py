@@ -42,8 +42,7 @@ def log_hierarchy(tracker, protos, folder: str) -> None:
     protos = protos.to("cpu")  # once: on a GPU run the assignments are N x L
     tracker.log_dict(prototype_tree(protos), f"{folder}/tree.json")
     with tempfile.TemporaryDirectory() as tmp:
-        title = f"cluster sizes, epoch {protos.epoch}" if protos.epoch is not None else "cluster sizes"
-        cluster_size_histograms(protos, Path(tmp, "cluster_sizes.png"), title=title)
+        cluster_size_histograms(protos, Path(tmp, "cluster_sizes.png"), title="cluster sizes")  # + the epoch
         tracker.log_artifact(Path(tmp, "cluster_sizes.png"), folder)
 
 
@@ -57,7 +56,7 @@ def log_curves(tracker, history: list[dict]) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         learning_curves(history, Path(tmp, "learning_curves.png"))
-        if any(k.startswith("ami/") for row in history for k in row):
+        if any(k.startswith("prototypes/ami/") for row in history for k in row):
             ami_curves(history, Path(tmp, "ami.png"))
         if any(k.startswith("selection/") for row in history for k in row):
             selection_quality_curves(history, Path(tmp, "selection_quality.png"))

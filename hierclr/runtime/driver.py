@@ -72,6 +72,26 @@ class RunInterrupted(KeyboardInterrupt):
         self.resumable_run = resumable_run
 
 
+def log_datasets(tracker, cfg, streams: dict) -> None:
+    """The run's training and val splits as MLflow dataset inputs (the run page's Datasets); a parquet split's
+    digest comes from its manifest's shard hashes, so runs on the same prepared data show the same digest."""
+    import hashlib
+
+    for name, context in (("train", "training"), ("val", "evaluation")):
+        stream = streams.get(name)
+        if stream is None:
+            continue
+        src = stream.source
+        digest = None
+        if src.manifest is not None:
+            digest = hashlib.sha256("".join(sh.sha256 for sh in src.manifest.shards).encode()).hexdigest()[:12]
+        tags = {"rows": src.num_rows}
+        fraction = getattr(cfg.data, "fraction", 1.0)
+        if name == "train" and fraction < 1:
+            tags.update({"data.fraction": fraction, "data.fraction_seed": cfg.data.fraction_seed})
+        tracker.log_dataset(src.uri, context=context, digest=digest, tags=tags)
+
+
 class RunFailedError(RuntimeError):
     """A training run ended with an error. The message names the cause and, when the run has an intact checkpoint,
     the run to resume (``--resume <run_name>``); the fields carry the same for callers (the CLI prints the whole
@@ -201,6 +221,8 @@ def _train(cfg, plan, where: ResolvedRun, root: str, stop_after_epoch, echo, lin
         tracker = Tracker.start(tracking, run_name=link.run_name or run_name, params=flatten(cfg), tags=tags,
                                 run_id=(resume_state or {}).get("mlflow_run_id"), run_key=link.run_key)
         attempt.tracker = tracker  # run_training records a failure in it
+        if not (resume_state or {}).get("mlflow_run_id"):  # a new MLflow run: the datasets it reads
+            log_datasets(tracker, cfg, prepared.streams)
         echo(f"hierclr {command}: run {run_name} ({prepared.header}); storage {run_dir}; "
              f"MLflow {'run ' + tracker.run_id + ' at ' + tracking.uri if tracker.enabled else 'off'}")
 

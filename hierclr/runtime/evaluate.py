@@ -157,6 +157,19 @@ def _prototype_rows(prototypes, train_src, ids: np.ndarray) -> np.ndarray | None
     return a[ids] if len(a) == train_src.num_rows else None
 
 
+def evaluation_run_name(name: str, source: str) -> str:
+    """``evaluate <preset> <what was evaluated>``: the run directory and checkpoint, the file, or the MLflow run
+    (its id's first 8 characters) and model, so evaluations of different encoders are told apart in the UI."""
+    text = str(source).rstrip("/")
+    for prefix in ("mlflow:", "runs:/", "models:/"):
+        if text.startswith(prefix):
+            head, _, model = text[len(prefix):].partition("/")
+            return f"evaluate {name} {prefix.rstrip('/')}{head[:8]}{'/' + model if model else ''}"
+    parts = Path(text).parts
+    last = parts[-2:] if len(parts) > 1 and (parts[-1].startswith("checkpoint_") or Path(text).suffix) else parts[-1:]
+    return f"evaluate {name} {'/'.join(last)}"
+
+
 def _tracking_under(cfg: EvaluateConfig, parent: str | None):
     """The tracking section of the evaluation run: the parent's experiment when the parent is in this store."""
     from hierclr.runtime.tracking import resolved_uri
@@ -324,7 +337,8 @@ def _evaluate(cfg: EvaluateConfig, kind: str, weights: dict, feature_dim: int, p
             "hierclr.protocols": ",".join(cfg.protocols)}
     if parent:
         tags["mlflow.parentRunId"] = parent
-    tracker = Tracker.start(tracking, run_name=f"evaluate {cfg.name}", params=flatten(cfg), tags=tags)
+    tracker = Tracker.start(tracking, run_name=evaluation_run_name(cfg.name, cfg.source), params=flatten(cfg),
+                            tags=tags)
     echo(f"hierclr evaluate: {cfg.source} ({kind}, {cfg.model.backbone}) on {cfg.data.train} / {cfg.data.val}; "
          f"protocols {', '.join(cfg.protocols)}; output {out}; MLflow "
          f"{'run ' + tracker.run_id + (' nested under ' + parent if parent else '') if tracker.enabled else 'off'}")
@@ -419,14 +433,23 @@ def _save_ids(path: Path, ids: np.ndarray) -> None:
     path.write_bytes(buf.getvalue())
 
 
+def coarse_classes(y: np.ndarray, level_map: np.ndarray, source) -> tuple[np.ndarray | None, list[str] | None]:
+    """The coarsest hierarchy level's label of each fine label ``y`` and that level's class names (the t-SNE's
+    second panel: "animal" / "vehicle", not 0 / 1); ``(None, None)`` without a hierarchy."""
+    if level_map.shape[1] < 2:
+        return None, None
+    names = source.hierarchy.names[-1] if source.hierarchy is not None else None
+    return level_map[y, -1], (list(names) if names is not None else None)
+
+
 def _log_embedding_plot(tracker, val: dict, level_map: np.ndarray, source, cfg: EvaluateConfig, out: Path) -> None:
     from hierclr.viz.embedding import embedding_plot
 
     keep = val["labels"] >= 0
     y = val["labels"][keep]
-    coarse = level_map[y, -1] if level_map.shape[1] > 1 else None
+    coarse, coarse_names = coarse_classes(y, level_map, source)
     fig = embedding_plot(val["feats"][keep], y, coarse_labels=coarse, class_names=list(source.classes) or None,
-                         max_points=cfg.plot_points, seed=cfg.seed)
+                         coarse_names=coarse_names, max_points=cfg.plot_points, seed=cfg.seed)
     path = out / "embedding_tsne.png"
     fig.savefig(path, dpi=100)
     tracker.log_artifact(str(path), "plots")

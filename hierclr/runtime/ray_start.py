@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-
 # Ray Train's settings for a Ray this process starts on its own machine (read by the driver at ``fit()`` and passed
 # on to Train's controller and workers; a value the user set is kept):
 # - the controller polls its workers every 0.5 s instead of 2 s: a run's end (and each worker-group transition) is

@@ -328,7 +328,8 @@ def _finalize_children(rows: list[TrialRow], tcfg: TrackingSection, metric: str)
         if row.mlflow_run_id is None:
             continue
         child = Tracker.attach(tcfg, row.mlflow_run_id)
-        child.set_tags({"hierclr.sweep.status": tag_of[row.status], "hierclr.sweep.epochs": row.epochs})
+        child.set_tags({"hierclr.sweep.status": tag_of[row.status], "hierclr.sweep.epochs": row.epochs,
+                        "hierclr.sweep.metric": metric})
         if row.score is not None and row.status != "UNFINISHED":
             child.log_metrics(row.score_epoch, {f"score/{metric}": row.score})
         if child.status() != status_of[row.status]:  # an ended run keeps its end time (a resumed sweep)

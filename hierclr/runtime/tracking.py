@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import posixpath
 import re
 import threading
@@ -41,6 +42,7 @@ from pydantic import BaseModel
 from hierclr.config.loader import flatten
 from hierclr.config.sections import TrackingSection
 from hierclr.io.mlflow_store import (
+    COMMAND_ENV,
     PROBE_HTTP,
     RUN_HTTP,
     SQLITE,
@@ -49,10 +51,12 @@ from hierclr.io.mlflow_store import (
     resolved_uri,
     store_lock,
 )
+from hierclr.models.loading import EPOCH_TAG
 
 log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "hierclr.run_key"
+COMMAND_TAG = "hierclr.command"  # the command line that made the run
 PROBE_TIMEOUT_S = 5
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 
@@ -76,6 +80,33 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 def _short(err: BaseException, limit: int = 600) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def source_tags() -> dict[str, str]:
+    """The tags MLflow's fluent ``start_run`` would set (user, source name and type: its own context registry), the
+    git commit, branch and remote of the hierclr checkout that runs (not of the entry script, which under ``ray job
+    submit`` is a copy without ``.git``), and ``hierclr.command``: the command line (``HIERCLR_COMMAND``, set by
+    the CLI, so a sweep's trials carry their sweep's command), and as the source name its first two words."""
+    import sys
+
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils import mlflow_tags
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+
+    import hierclr
+
+    tags = dict(resolve_tags({}))
+    here = os.path.dirname(os.path.abspath(hierclr.__file__))
+    for key, value in ((mlflow_tags.MLFLOW_GIT_COMMIT, get_git_commit(here)),
+                       (mlflow_tags.MLFLOW_GIT_BRANCH, get_git_branch(here)),
+                       (mlflow_tags.MLFLOW_GIT_REPO_URL, get_git_repo_url(here))):
+        if value:
+            tags[key] = value
+    command = os.environ.get(COMMAND_ENV) or " ".join(sys.argv)
+    tags[COMMAND_TAG] = command
+    # the run page's Source shows the part after the last "/": the verb, not a path from the arguments
+    tags[mlflow_tags.MLFLOW_SOURCE_NAME] = " ".join(command.split()[:2])
+    return {k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items()}
 
 
 def _warn_unreachable(uri: str, err: BaseException) -> None:
@@ -212,7 +243,7 @@ class Tracker:
                         if experiment is None:
                             experiment = client.get_experiment_by_name(cfg.experiment)
                         experiment_id = cls._experiment_id_for(client, uri, cfg.experiment, experiment)
-                    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+                    run = client.create_run(experiment_id, run_name=run_name, tags={**source_tags(), **all_tags})
             tracker = cls(client, run.info.run_id, uri, run.info.experiment_id)
         except Exception as err:  # noqa: BLE001
             _warn_unreachable(uri, err)
@@ -356,6 +387,30 @@ class Tracker:
                 for k in fresh:
                     self._logged.setdefault(k, set()).add(step)
 
+    def log_dataset(self, uri: str, *, context: str, digest: str | None = None,
+                    tags: Mapping[str, str] | None = None) -> None:
+        """Record a dataset the run read (``mlflow.log_input`` through the client: a ``mlflow.data`` MetaDataset of
+        ``uri``, ``context`` training / evaluation): the run page's Datasets column."""
+        if not self.enabled:
+            return
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        def log() -> None:
+            import warnings
+
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local path is local
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(uri)
+            dataset = MetaDataset(source, name="/".join(uri.rstrip("/").split("/")[-2:]) or uri, digest=digest)
+            input_tags = [InputTag(MLFLOW_DATASET_CONTEXT, context), *(InputTag(k, str(v)) for k, v in
+                                                                         (tags or {}).items())]
+            self._client.log_inputs(self._run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), input_tags)])
+
+        self._call("log dataset", log, disable=False)
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled and tags:
             self._call("set tags", self._log_batch,
@@ -416,7 +471,8 @@ class Tracker:
         # mlflow.pytorch.log_model creates its LoggedModel in the *active* experiment (else "Default") and
         # resolves the store from the global tracking URI: create the model in this run's experiment here, and
         # point the global URI at this store only for the duration of the call.
-        model = self._client.create_logged_model(self._experiment_id, name=name, source_run_id=self._run_id)
+        model = self._client.create_logged_model(self._experiment_id, name=name, source_run_id=self._run_id,
+                                                 tags={EPOCH_TAG: str(step)})  # which epoch: export records it
         try:
             with global_tracking_uri(self._uri):
                 return mlflow.pytorch.log_model(

@@ -37,6 +37,7 @@ class ClusteringJob:
     pcl_sizes: tuple[int, ...]
     num_rows: int
     compat: Literal["official", "paper"] = "official"
+    num_expected: int | None = None  # ids submitted per E-step (data.fraction: fewer than num_rows); None: num_rows
 
 
 def warn_if_not_official(job: ClusteringJob, settings: ClusteringConfig, *, distributed: bool) -> str | None:

@@ -202,10 +202,11 @@ class EStepCoordinator:
         levels = ray.get(levels_ref)
         t2 = time.perf_counter()
         ray.get([act.release.remote() for act in active])
-        missing = job.num_rows - ids.shape[0]
+        expected = job.num_rows if job.num_expected is None else job.num_expected
+        missing = max(expected - ids.shape[0], 0)
         if missing:
             log.warning("E-step of epoch %d: %d of %d ids were not submitted; they get assignment -1",
-                        epoch, missing, job.num_rows)
+                        epoch, missing, expected)
         stats = EStepStats(
             epoch=epoch, num_rows=job.num_rows, num_clustered=int(ids.shape[0]), num_missing=int(missing),
             num_actors=len(active), attempts=attempt, gather_s=t1 - t0, cluster_s=t2 - t1, total_s=t2 - t0,

@@ -53,6 +53,7 @@ class ClusteringService:
         method: ClusteringMethod = "hcsc",
         pcl_sizes: Sequence[int] = (),
         num_rows: int,
+        num_expected: int | None = None,
         compat: Literal["official", "paper"] = "official",
         max_workers: int = 64,
         ready_timeout_s: float | None = 120.0,
@@ -62,7 +63,8 @@ class ClusteringService:
         ``max_restarts=service.max_restarts``).
 
         ``method="pcl"`` clusters flat at each K of ``pcl_sizes`` (PCL v2), ignoring ``clustering.sizes``
-        and ``min_cluster_size``. ``num_rows``: the dataset size (ids are ``0..num_rows-1``). ``compat``: the
+        and ``min_cluster_size``. ``num_rows``: the dataset size (ids are ``0..num_rows-1``); ``num_expected``: the
+        ids submitted per E-step (``data.fraction``: fewer; default ``num_rows``). ``compat``: the
         run's; ``official`` makes the actors warn when the E-step will not run faiss.
         ``max_workers``: the most ranks that may wait in the coordinator at once. ``ready_timeout_s``: how
         long to wait for the actors to be scheduled (None: do not wait).
@@ -86,7 +88,7 @@ class ClusteringService:
                          num_threads=int(service.cpus_per_actor))
         actors = [spawn_kmeans_actor(spec, i) for i in range(service.num_actors)]
         job = ClusteringJob(clustering=clustering, method=method, pcl_sizes=pcl_sizes, num_rows=int(num_rows),
-                            compat=compat)
+                            num_expected=int(num_rows if num_expected is None else num_expected), compat=compat)
         # The coordinator holds no state a restart loses for good: the workers' submissions that were in flight
         # when it died are retried by Ray on the restarted coordinator (max_task_retries), the shards are still
         # owned by the workers, and the epoch's E-step re-runs from them (issue 18: a killed coordinator used to

@@ -32,8 +32,8 @@ __all__ = ["ami_curves", "cluster_size_histograms", "image_grid", "learning_curv
 PathLike = str | os.PathLike
 _DPI = 100
 _FAILED = ("ERROR", "FAILED")  # trial statuses (Tune's, hierclr sweep's) drawn as failed even with a metric
-_PAIR = re.compile(r"^ami/proto(\d+)_label(\d+)$")
-_LABEL = re.compile(r"^ami/label(\d+)$")
+_PAIR = re.compile(r"^prototypes/ami/proto(\d+)_label(\d+)$")
+_LABEL = re.compile(r"^prototypes/ami/label(\d+)$")
 _SELECTION = re.compile(r"^selection/(precision|recall|kept_true_negatives)_l(\d+)$")
 
 
@@ -87,7 +87,7 @@ def learning_curves(history: Sequence[Mapping[str, Any]], path: PathLike, *, key
             x, y = series[k]
             ax.plot(x, y, marker="o" if len(x) <= 30 else None, ms=3, lw=1.2, label=k)
         ax.set_title(group, fontsize=10)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.grid(alpha=0.3)
         if len(members) > 1:
             ax.legend(fontsize=7)
@@ -96,12 +96,12 @@ def learning_curves(history: Sequence[Mapping[str, Any]], path: PathLike, *, key
 
 
 def ami_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> str:
-    """``ami/label{m}`` (HCSC Table 11's number per label level) versus epoch, bold; the full
-    ``ami/proto{l}_label{m}`` matrix as faint lines in the colour of their label level."""
+    """``prototypes/ami/label{m}`` (HCSC Table 11's number per label level) versus epoch, bold; the full
+    ``prototypes/ami/proto{l}_label{m}`` matrix as faint lines in the colour of their label level."""
     keys = sorted({k for row in history for k in row if _PAIR.match(k) or _LABEL.match(k)})
     series = {k: s for k in keys if (s := _series(history, k))[0]}
     if not series:
-        return _no_data(path, "AMI: no ami/* metrics in the history")
+        return _no_data(path, "AMI: no prototypes/ami/* metrics in the history")
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     colours = [f"C{i}" for i in range(10)]
@@ -115,7 +115,7 @@ def ami_curves(history: Sequence[Mapping[str, Any]], path: PathLike) -> str:
             m = int(label.group(1))
             ax.plot(x, y, color=colours[m % 10], lw=2.2, marker="o" if len(x) <= 30 else None, ms=4,
                     label=f"label level {m} (Table 11)")
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel("adjusted mutual information")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -146,7 +146,7 @@ def selection_quality_curves(history: Sequence[Mapping[str, Any]], path: PathLik
     dropped.set_title("false negatives dropped: precision (solid), recall (dashed)", fontsize=10)
     kept.set_title("true negatives kept", fontsize=10)
     for ax in (dropped, kept):
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -256,6 +256,14 @@ def image_grid(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: PathLike,
 
 # ------------------------------------------------------------------------------------------- helpers
 _MISSING = object()
+
+
+def _epoch_axis(ax: Axes) -> None:
+    """An x axis of epochs: ticks on whole epochs only."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _figure(width: float, height: float) -> Figure:

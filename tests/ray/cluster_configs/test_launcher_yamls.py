@@ -61,6 +61,26 @@ def test_passes_rays_own_prelaunch_checks(path):
 
 
 @pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_node_type_names_its_image(path):
+    """No node falls back to the provider's default image (on AWS Ray's is an Ubuntu 18.04 DLAMI older than H100
+    drivers; it fills any node type without an ImageId, or with `latest_dlami`): each names one, the same for all."""
+    cfg = _load(path)
+    images = set()
+    for name, t in cfg["available_node_types"].items():
+        nc = t["node_config"]
+        if path.parent.name == "aws":
+            image = nc.get("ImageId") or ""
+            assert image.lower() not in ("", "latest_dlami"), (name, image)
+            assert re.fullmatch(r"ami-[0-9a-f]{8,17}|resolve:ssm:/aws/service/deeplearning/ami/\S+", image), image
+        else:
+            (boot,) = [d for d in nc["disks"] if d.get("boot")]
+            image = boot["initializeParams"].get("sourceImage") or ""
+            assert image.startswith("projects/"), (name, image)
+        images.add(image)
+    assert len(images) == 1, f"{path.name}: node types boot different images {images}"
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_node_types_declare_their_machines_resources(path):
     cfg = _load(path)
     provider = cfg["provider"]["type"]

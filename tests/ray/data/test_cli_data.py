@@ -19,8 +19,11 @@ def test_prepare_and_inspect_with_wordnet_style_hierarchy(tmp_path, capsys, ray_
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["splits"]["train"] == {"rows": 12, "shards": 3, "classes": 4, "hierarchy_levels": 3, "skipped": 0}
+    assert not (tmp_path / "out" / "train" / "_progress").exists(), "a finished conversion leaves no _progress/"
     assert main(["inspect-data", str(tmp_path / "out" / "train"), "--sample", "12", "--verify"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    info = json.loads(out.out)
+    assert info["verified"] == "3/3 shards" and "3/3 shards verified" in out.err
     assert info["format"] == "parquet" and info["rows"] == 12 and info["hierarchy"] == [4, 3, 2]
     # depth 2: n01,n02 -> dog; n03 -> n03 itself (shallower leaf); n04 -> n04. depth 1: animal / artifact
     by_label = {s["label"]: s["labels"] for s in info["sample"]}

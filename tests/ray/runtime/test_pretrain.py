@@ -43,7 +43,7 @@ EVERY_EPOCH = ["epoch", "lr", "loss/total", "loss/instance", "train/images_per_s
                "knn/top1_best"]
 HCSC_EPOCHS = [f"loss/{t}_l{level}" for t in ("instance", "prototype") for level in range(3)] + \
     [f"kept_fraction/{t}_l{level}" for t in ("instance", "prototype") for level in range(3)] + \
-    [f"cluster/level{level}/{s}" for level in range(3) for s in (
+    [f"prototypes/level{level}/{s}" for level in range(3) for s in (
         "size_min", "size_median", "size_max", "empty_clusters", "phi_min", "phi_mean", "phi_max")] + \
     ["loss/prototype"]
 SELECTION = [f"selection/{m}_l{level}" for m in ("precision", "recall", "kept_true_negatives") for level in range(3)] + \
@@ -110,7 +110,7 @@ def test_pretrain_end_to_end_logs_every_metric_and_artifact(pretrained, tmp_path
     assert all(0.0 <= r[k] <= 1.0 for r in h[1:] for k in SELECTION), [{k: r[k] for k in SELECTION} for r in h[1:]]
     # 10 balanced digit classes: about a tenth of the queue shares the query's class
     assert all(0.03 < r["selection/false_negative_rate"] < 0.25 for r in h[1:])
-    assert h[1]["cluster/level0/size_max"] >= h[1]["cluster/level0/size_min"]
+    assert h[1]["prototypes/level0/size_max"] >= h[1]["prototypes/level0/size_min"]
     assert 0.5 < h[-1]["knn/top1_best"] <= 1.0  # 10 digit classes: chance is 0.1
     assert all(r["lr"] > 0 for r in h) and h[0]["lr"] > h[-1]["lr"]
     # artifacts
@@ -148,12 +148,12 @@ def _check_hierarchy_artifacts(client, run_id: str, tmp: Path, *, e_steps: list[
     from PIL import Image
 
     for m in range(2):
-        assert _steps(client, run_id, f"ami/label{m}") == e_steps
+        assert _steps(client, run_id, f"prototypes/ami/label{m}") == e_steps
         for level in range(levels):
-            assert _steps(client, run_id, f"ami/proto{level}_label{m}") == e_steps
+            assert _steps(client, run_id, f"prototypes/ami/proto{level}_label{m}") == e_steps
     ami = client.get_run(run_id).data.metrics
-    assert all(-0.1 <= ami[f"ami/label{m}"] <= 1.0 for m in range(2))
-    assert ami["ami/label0"] > 0.1  # the level-0 prototypes carry the digit classes (chance: 0)
+    assert all(-0.1 <= ami[f"prototypes/ami/label{m}"] <= 1.0 for m in range(2))
+    assert ami["prototypes/ami/label0"] > 0.1  # the level-0 prototypes carry the digit classes (chance: 0)
     paths = {f.path for d in ("hierarchy/final", "hierarchy/chains", "plots", f"hierarchy/epoch_{e_steps[0]:03d}")
              for f in client.list_artifacts(run_id, d)}
     assert {"hierarchy/final/tree.json", "hierarchy/final/cluster_sizes.png", "hierarchy/chains/chains.png",
@@ -252,7 +252,7 @@ def test_pcl_baseline_from_the_same_command(ray_session, tmp_path, digits_cache)
     h = result.history
     assert [int(r["epoch"]) for r in h] == [0, 1]
     assert "loss/prototype" not in h[0] and h[1]["loss/prototype"] > 0
-    assert h[1]["cluster/level0/num_prototypes"] == 8 and h[1]["cluster/level1/num_prototypes"] == 20
+    assert h[1]["prototypes/level0/num_prototypes"] == 8 and h[1]["prototypes/level1/num_prototypes"] == 20
     assert load_checkpoint(result.checkpoint).prototypes.sizes == (8, 20)
 
 
@@ -260,7 +260,7 @@ def test_clustering_actor_killed_during_estep_is_restarted(pretrained):
     assert pretrained.fired_first[ACTOR_EXIT]  # the actor died in the first part's E-step (epoch 1)
     h = pretrained.first.history
     assert [int(r["epoch"]) for r in h] == [0, 1]
-    assert h[1]["cluster/attempts"] == 2  # the first attempt died with the actor, the retry finished the epoch
+    assert h[1]["prototypes/attempts"] == 2  # the first attempt died with the actor, the retry finished the epoch
     assert pretrained.saved.prototypes.sizes == (16, 8, 4)
 
 

@@ -69,7 +69,7 @@ def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_se
     stopping epoch and its artifacts, its MLflow run is FINISHED and tagged, and the sweep goes on."""
     space = {"clustering.sizes": {"grid": [[16, 8], [5000], [12]]},  # [5000]: more prototypes than images
              "loss.temperature": {"choice": [0.1, 0.2]}}
-    sweep = load_sweep(tiny_sweep(tmp_path, digits_cache, "s1", space, metric="cluster/level0/num_prototypes",
+    sweep = load_sweep(tiny_sweep(tmp_path, digits_cache, "s1", space, metric="prototypes/level0/num_prototypes",
                                   scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}),
                        ["set.loss.warmup_epochs=0",
                         "set.checkpoint.every=2"])  # epoch 0 (of 2) is not checkpointed...
@@ -93,7 +93,7 @@ def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_se
     assert parent.info.status == "FINISHED" and parent.info.run_id == result.parent_run_id
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert parent.data.params["space.clustering.sizes"].startswith("grid")
-    assert parent.data.params["metric"] == "cluster/level0/num_prototypes"
+    assert parent.data.params["metric"] == "prototypes/level0/num_prototypes"
     child = {tuple(yaml.safe_load(c.data.params["clustering.sizes"])): c for c in children}
     assert child[(5000,)].info.status == "FAILED"
     assert "fewer than the 5000 prototypes" in child[(5000,)].data.tags["hierclr.error"]
@@ -102,7 +102,7 @@ def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_se
         assert c.info.status == "FINISHED"
         assert c.data.tags["hierclr.sweep.status"] == {"FINISHED": "finished", "STOPPED": "stopped_early"}[r.status]
         assert float(c.data.params["loss.temperature"]) == r.params["loss.temperature"]
-        for key in ("knn/top1_best", "loss/total", "cluster/level0/num_prototypes"):
+        for key in ("knn/top1_best", "loss/total", "prototypes/level0/num_prototypes"):
             assert _steps(client, c.info.run_id, key) == list(range(r.epochs)), key  # every epoch once
         assert 0.1 < c.data.metrics["knn/top1_best"] <= 1.0
         assert c.data.tags["hierclr.trial_id"] == r.trial_id and c.info.run_id == r.mlflow_run_id
@@ -122,13 +122,13 @@ def test_sweep_nested_runs_failed_trial_asha_stop_summary_and_best_config(ray_se
     assert cfg.clustering.sizes == (16, 8) and cfg.loss.warmup_epochs == 0
     assert cfg.loss.temperature == finished.params["loss.temperature"] and cfg.name == "s1-best"
     parent = client.get_run(parent.info.run_id)
-    assert parent.data.metrics["best/cluster/level0/num_prototypes"] == 16
+    assert parent.data.metrics["best/prototypes/level0/num_prototypes"] == 16
     # the parent's best is the winning child's shown (latest) value and its score; logged once, at step = 2 trials
     won = client.get_run(finished.mlflow_run_id).data.metrics
-    assert won["cluster/level0/num_prototypes"] == won["score/cluster/level0/num_prototypes"] == 16
-    assert _steps(client, parent.info.run_id, "best/cluster/level0/num_prototypes") == [2]
+    assert won["prototypes/level0/num_prototypes"] == won["score/prototypes/level0/num_prototypes"] == 16
+    assert _steps(client, parent.info.run_id, "best/prototypes/level0/num_prototypes") == [2]
     assert "scheduler.grace_period" in parent.data.params and parent.data.params["scope"] == "last"
-    assert any("cluster/level0/num_prototypes (last)" in line for line in console), console
+    assert any("prototypes/level0/num_prototypes (last)" in line for line in console), console
     assert not any("tie at" in line for line in console), console
     assert parent.data.tags["hierclr.best_trial"] == finished.trial_id
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}

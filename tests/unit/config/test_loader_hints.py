@@ -37,8 +37,9 @@ def test_list_presets_prints_names_with_their_comment_and_imports_no_torch(tmp_p
     (tmp_path / "b.yaml").write_text("# Second preset. More words that are not shown when too long.\nname: b\n")
     (tmp_path / "a.yaml").write_text("# First line\n# continued.\nname: a\n")
     (tmp_path / "c.yaml").write_text("name: c\n")
+    (tmp_path / "d.yaml").write_text("# MoCo (He et al. 2020). More words here.\nname: d\n")
     assert preset_table(tmp_path, width=30).splitlines() == [
-        "a  First line continued.", "b  Second preset", "c"]
+        "a  First line continued.", "b  Second preset", "c", "d  MoCo (He et al. 2020)"]
     code = ("import sys; from hierclr.cli import main; main(['pretrain', '--list-presets']); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

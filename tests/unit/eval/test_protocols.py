@@ -133,3 +133,17 @@ def test_per_class_subset_is_seeded_per_class_and_order_free():
     assert not np.array_equal(a, per_class_subset(ids, labels, 0.1, seed=4))
     with pytest.raises(ValueError, match="fraction"):
         per_class_subset(ids, labels, 0.0)
+
+
+def test_evaluation_runs_are_named_after_what_they_evaluate():
+    from hierclr.runtime.evaluate import evaluation_run_name
+
+    assert evaluation_run_name("cifar10", "hierclr_runs/demo-20261204-1/") == "evaluate cifar10 demo-20261204-1"
+    assert (evaluation_run_name("digits", "/r/demo-1/checkpoint_000003")
+            == "evaluate digits demo-1/checkpoint_000003")
+    assert evaluation_run_name("digits", "/r/demo-1/best_encoder.pt") == "evaluate digits demo-1/best_encoder.pt"
+    assert (evaluation_run_name("cifar10", "mlflow:5b7cdfc919104c93be2ce43560bfcbe2/encoder_best")
+            == "evaluate cifar10 mlflow:5b7cdfc9/encoder_best")
+    assert evaluation_run_name("cifar10", "models:/m-0123456789abcdef") == "evaluate cifar10 models:m-012345"
+    names = {evaluation_run_name("cifar10", s) for s in ("runs/a-1", "runs/a-2", "mlflow:abc", "runs/a-1/best_encoder.pt")}
+    assert len(names) == 4

@@ -180,12 +180,27 @@ def test_num_classes_and_no_classifier(exported, tmp_path):
         export_backbone(source, tmp_path / "d.pth", num_classes=0)
 
 
+def test_the_sidecar_names_the_checkpoint_its_epoch_and_last_or_best(exported, tmp_path):
+    """A run directory gives its newest checkpoint (last), best_encoder.pt the best; the sidecar says which."""
+    want = {"pretrain": (str(exported["pretrain"]["source"] / "checkpoint_000000"), 0, "last"),
+            "cifar": (str(exported["cifar"]["source"]), 3, "best"),
+            "official": (str(exported["official"]["source"]), 200, None),  # the official file's own epoch
+            "torchvision": (str(exported["torchvision"]["source"]), None, None)}
+    for name, (origin, epoch, which) in want.items():
+        r = exported[name]["result"]
+        meta = json.loads(Path(r.sidecar).read_text())
+        assert (r.origin, r.epoch, r.which) == (meta["origin"], meta["epoch"], meta["which"]) == (origin, epoch, which)
+    ckpt = exported["pretrain"]["source"] / "checkpoint_000000"  # a checkpoint named itself: its epoch, not "last"
+    r = export_backbone(ckpt, tmp_path / "c.pth")
+    assert (r.origin, r.epoch, r.which) == (str(ckpt), 0, None)
+
+
 def test_supervised_best_model_file(exported, tmp_path):
     """A finetune run's best_model.pt wraps the network state: {"epoch", metrics..., "model": state}."""
     state = torch.load(exported["supervised"]["source"], weights_only=True)
     torch.save({"epoch": 2, "acc/top1": 0.5, "model": state}, tmp_path / "best_model.pt")
     r = export_backbone(tmp_path / "best_model.pt", tmp_path / "best.pth")
-    assert (r.kind, r.fc, r.num_classes) == ("hierclr-supervised", "checkpoint", 7)
+    assert (r.kind, r.fc, r.num_classes, r.epoch, r.which) == ("hierclr-supervised", "checkpoint", 7, 2, "best")
     got = torch.load(tmp_path / "best.pth", weights_only=True)
     assert torch.equal(got["fc.weight"], state["classifier.weight"])
     assert torch.equal(got["layer4.1.bn2.running_var"], state["backbone.layer4.1.bn2.running_var"])

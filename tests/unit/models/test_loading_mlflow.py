@@ -74,6 +74,10 @@ def test_logged_encoders_load_with_identical_weights(store, logged):
         _same(trunk, logged[want])
     found = read_source(f"mlflow:{run_id}", tracking_uri=store)
     assert found.origin == logged["uris"]["encoder_last"] and found.head == {}
+    # which encoder and epoch (the hierclr.epoch tag log_encoder sets), whatever form the source takes
+    assert (found.which, found.epoch) == ("last", 3)
+    for source in (f"runs:/{run_id}/encoder_best", logged["uris"]["encoder_best"]):
+        assert read_source(source, tracking_uri=store)[-2:] == (1, "best")
 
 
 def test_tracking_uri_from_the_environment(store, logged, monkeypatch):
@@ -111,8 +115,10 @@ def test_falls_back_to_encoder_best_then_to_the_run_dir(store, tmp_path, monkeyp
     assert found.origin.endswith("best_encoder.pt") and found.kind == "hierclr-pretrain"
     trunk.load_state_dict(found.trunk)
     _same(trunk, other.encoder_q.backbone)
+    assert (found.epoch, found.which) == (1, "best")
     for source in (f"mlflow:{bare.run_id}", f"mlflow:{bare.run_id}/encoder_last"):  # last: the newest checkpoint
-        assert read_source(source, tracking_uri=store).origin == str(run_dir)
+        found = read_source(source, tracking_uri=store)
+        assert (found.origin, found.epoch, found.which) == (str(run_dir / "checkpoint_000002"), 2, "last")
 
     # a logged model that does not load (pickle refused here) also falls back to the run's checkpoints
     assert Tracker.attach(tracking, bare.run_id).log_encoder("encoder_best", _trunk(7), example,

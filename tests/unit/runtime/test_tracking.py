@@ -278,3 +278,38 @@ def test_a_failing_store_mid_run_warns_once_and_disables(tracking, records, monk
     assert len(records.warnings()) == 1 and "tracking is off" in records.warnings()[0]
     # a bounded retry budget during the run (MLflow's default stalls ~4 min), the user's own setting kept
     assert seen == [("5", "60")] and "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+
+def test_a_new_run_records_its_git_commit_command_and_datasets(tmp_path, monkeypatch):
+    """What the run page's Source and Datasets show: the commit of the hierclr checkout that ran, the command line,
+    and the splits as MLflow dataset inputs (context training / evaluation, manifest digest)."""
+    from mlflow.utils.git_utils import get_git_commit
+
+    import hierclr
+    from hierclr.data.builtin import materialize_builtin
+    from hierclr.data.source import open_source
+    from hierclr.io.mlflow_store import COMMAND_ENV
+    from hierclr.runtime.driver import log_datasets
+
+    monkeypatch.setenv(COMMAND_ENV, "hierclr pretrain --config demo --set data.fraction=0.5")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker.start(TrackingSection(uri=uri, experiment="tags"), run_name="r", params={})
+    cfg = load_config("demo", ["data.fraction=0.5"])
+
+    class Stream:  # what log_datasets reads of hierclr.data.streams.ImageStream
+        def __init__(self, split):
+            self.source = open_source(materialize_builtin(f"builtin://digits/{split}", tmp_path / "b"))
+
+    log_datasets(tracker, cfg, {"train": Stream("train"), "embed": Stream("train"), "val": Stream("val")})
+    run = MlflowClient(tracking_uri=uri).get_run(tracker.run_id)
+    tags = run.data.tags
+    commit = get_git_commit(os.path.dirname(hierclr.__file__))
+    assert commit and tags["mlflow.source.git.commit"] == commit
+    assert tags["hierclr.command"] == os.environ[COMMAND_ENV] and tags["mlflow.source.name"] == "hierclr pretrain"
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"digits/train", "digits/val"}  # the embed stream is the train split: logged once
+    train = {t.key: t.value for t in inputs["digits/train"].tags}
+    assert train["mlflow.data.context"] == "training" and train["data.fraction"] == "0.5" and train["rows"] == "1438"
+    assert {t.key: t.value for t in inputs["digits/val"].tags}["mlflow.data.context"] == "evaluation"
+    assert len(inputs["digits/train"].dataset.digest) == 12 and inputs["digits/train"].dataset.source_type == "local"
+    tracker.finish()

@@ -78,3 +78,21 @@ def test_rejects_bad_inputs():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         embedding_plot(bad, labels[:, 0])
+
+
+def test_evaluate_names_the_coarse_classes_in_the_legend(tmp_path):
+    """hierclr evaluate's t-SNE: the coarse panel's legend says the hierarchy's names (digits: loopy / straight /
+    curvy), not 0 / 1 / 2."""
+    from hierclr.data.builtin import materialize_builtin
+    from hierclr.data.source import open_source
+    from hierclr.runtime.evaluate import coarse_classes
+
+    src = open_source(materialize_builtin("builtin://digits/val", tmp_path))
+    y = np.repeat(np.arange(10), 12)
+    coarse, names = coarse_classes(y, src.level_map(), src)
+    assert names == ["loopy", "straight", "curvy"] and np.array_equal(coarse, src.level_map()[y, -1])
+    x = np.random.default_rng(0).normal(size=(len(y), 8)) + y[:, None]
+    fig = embedding_plot(x, y, coarse_labels=coarse, coarse_names=names, method="pca")
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == names
+    flat = open_source(materialize_builtin("builtin://digits/val", tmp_path))
+    assert coarse_classes(y, flat.level_map()[:, :1], flat) == (None, None)  # one level: no coarse panel

@@ -44,8 +44,8 @@ def _history():
         if e >= 2:  # losses absent during warm-up
             row.update({"loss/total": 5 - 0.2 * e, "loss/instance": 4 - 0.1 * e, "loss/proto": 1 - 0.05 * e})
         if e % 4 == 3:  # kNN and AMI only every few epochs
-            row.update({"knn/top1_best": 0.3 + 0.02 * e, "ami/label0": 0.4 + 0.01 * e, "ami/label1": 0.3 + 0.01 * e})
-            row.update({f"ami/proto{l}_label{m}": 0.2 + 0.01 * (e + l + m) for l in range(3) for m in range(2)})
+            row.update({"knn/top1_best": 0.3 + 0.02 * e, "prototypes/ami/label0": 0.4 + 0.01 * e, "prototypes/ami/label1": 0.3 + 0.01 * e})
+            row.update({f"prototypes/ami/proto{l}_label{m}": 0.2 + 0.01 * (e + l + m) for l in range(3) for m in range(2)})
         rows.append(row)
     rows[5]["loss/total"] = None  # a missing value inside a series
     return rows
@@ -56,6 +56,36 @@ def test_cluster_size_histograms(tmp_path, rng):
     assert_png(tmp_path / "sizes.png", cluster_size_histograms(protos, tmp_path / "sizes.png", title="run x"))
     one = protos.truncate(1)
     assert_png(tmp_path / "a" / "one.png", cluster_size_histograms(one, tmp_path / "a" / "one.png"))
+
+
+def test_titles_name_the_epoch_once_and_epoch_axes_tick_whole_epochs(tmp_path, rng, monkeypatch):
+    from hierclr.runtime import artifacts
+    from hierclr.viz import plots
+
+    figs, real = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or real(fig, path))
+
+    class Tracker:
+        enabled = True
+
+        def log_dict(self, *a):
+            pass
+
+        def log_artifact(self, *a):
+            pass
+
+    protos = _protos(rng)
+    artifacts.log_hierarchy(Tracker(), protos, "hierarchy/epoch_003")  # what every E-step logs
+    title = figs[-1]._suptitle.get_text()
+    assert title == f"cluster sizes · epoch {protos.epoch}" and title.count("epoch") == 1
+    rows = [{"epoch": e, "prototypes/ami/label0": 0.1 * e, "loss/total": 1.0 / (e + 1)} for e in (1, 2, 3)]
+    ami_curves(rows, tmp_path / "ami.png")
+    learning_curves(rows, tmp_path / "lc.png")
+    for fig in figs[-2:]:
+        for ax in fig.axes:
+            if ax.get_xlabel() == "epoch":
+                ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+                assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_learning_curves(tmp_path):
