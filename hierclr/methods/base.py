@@ -159,6 +159,16 @@ class Plan:
                              f"(optim.batch_size={batch})")
         self.rows_checked = True
 
+    def open_splits(self):
+        """``(train source, val source or None)``: the run's ``data.train`` and ``data.val`` as readers."""
+        from hierclr.data import open_source
+        from hierclr.runtime.runs import data_path
+
+        d = self.cfg.data
+        train, val = (open_source(data_path(p, self.cfg), format=d.format, hierarchy=d.hierarchy,
+                                  verify=d.verify_shards) if p else None for p in (d.train, d.val))
+        return train, val
+
     def prepare(self, start_epoch: int) -> Prepared:
         raise NotImplementedError
 

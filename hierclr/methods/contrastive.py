@@ -333,15 +333,12 @@ class ContrastivePlan(Plan):
         super().check_rows(num_rows)
 
     def prepare(self, start_epoch: int) -> Prepared:
-        from hierclr.data import embed_stream, open_source, train_stream
-        from hierclr.runtime.runs import data_path, stream_config
+        from hierclr.data import embed_stream, train_stream
+        from hierclr.runtime.runs import stream_config
 
         cfg = self.cfg
         d = cfg.data
-        train_src = open_source(data_path(d.train, cfg), format=d.format, hierarchy=d.hierarchy,
-                                verify=d.verify_shards)
-        val_src = open_source(data_path(d.val, cfg), format=d.format, hierarchy=d.hierarchy,
-                              verify=d.verify_shards) if d.val else None
+        train_src, val_src = self.open_splits()
         if val_src is not None and val_src.classes and train_src.classes and val_src.classes != train_src.classes:
             raise ValueError(f"data.val ({d.val}) has classes {list(val_src.classes)[:5]}..., different from "
                              f"data.train's {list(train_src.classes)[:5]}...: kNN needs one label space")

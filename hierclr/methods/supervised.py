@@ -260,16 +260,13 @@ class SupervisedPlan(Plan):
         return {}
 
     def prepare(self, start_epoch: int) -> Prepared:
-        from hierclr.data import embed_stream, open_source, train_stream
-        from hierclr.runtime.runs import data_path, stream_config
+        from hierclr.data import embed_stream, train_stream
+        from hierclr.runtime.runs import stream_config
         from hierclr.runtime.tracking import resolved_uri
 
         cfg = self.cfg
         d = cfg.data
-        train_src = open_source(data_path(d.train, cfg), format=d.format, hierarchy=d.hierarchy,
-                                verify=d.verify_shards)
-        val_src = open_source(data_path(d.val, cfg), format=d.format, hierarchy=d.hierarchy,
-                              verify=d.verify_shards)
+        train_src, val_src = self.open_splits()
         level_map = self._label_space(train_src, val_src)
         if not self.rows_checked:  # WebDataset tars: counted by the index pass just now
             self.check_rows(train_src.num_rows)

@@ -43,7 +43,8 @@ def test_evaluate_every_protocol_nested_under_the_pretraining_run(ray_session, t
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir, parent, moco = _pretrain_checkpoint(tmp_path, uri)
     monkeypatch.chdir(tmp_path)
-    short = ["optim.epochs=2", "optim.milestones=[1]", "optim.batch_size=32"]
+    # the trained protocols on one worker (DDP finetuning: test_supervised.py); the feature pass keeps two
+    short = ["optim.epochs=2", "optim.milestones=[1]", "optim.batch_size=32", "resources.num_workers=1"]
     cfg = load_evaluate_config("digits", [
         f"source={run_dir.name}", "model.backbone=resnet10", f"data.builtin_cache={digits_cache}",
         "data.train=builtin://digits/val", "data.decode_batch_size=64", "tracking.uri=sqlite:///mlflow.db",

@@ -210,12 +210,12 @@ def test_a_worker_group_restart_after_the_clustering_actor_was_lost_reruns_the_e
     result = pretrained.result
     assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
     restarted = result.history[2]  # the epoch-2 attempt that lost the actor never reported: this is the re-run
-    assert restarted["cluster/attempts"] == 1 and restarted["cluster/level0/num_prototypes"] == 16
-    assert restarted["loss/prototype"] > 0 and result.history[3]["cluster/attempts"] == 1
+    assert restarted["prototypes/attempts"] == 1 and restarted["prototypes/level0/num_prototypes"] == 16
+    assert restarted["loss/prototype"] > 0 and result.history[3]["prototypes/attempts"] == 1
     client = _mlflow(pretrained.cfg)
     for key in ("loss/total", "epoch"):
         assert _steps(client, result.mlflow_run_id, key) == [0, 1, 2, 3], key
-    assert _steps(client, result.mlflow_run_id, "cluster/attempts") == [1, 2, 3]
+    assert _steps(client, result.mlflow_run_id, "prototypes/attempts") == [1, 2, 3]
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED" and "hierclr.error" not in run.data.tags
 

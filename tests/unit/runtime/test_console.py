@@ -135,7 +135,7 @@ def test_the_epoch_line_has_the_chosen_numbers():
     method = SimpleNamespace(cfg=load_config("demo"))  # epoch_line reads the config only
     row = {"epoch": 3.0, "lr": 0.004393, "loss/total": 20.23741, "train/images_per_s": 70.2, "knn/top1_best": 0.9443,
            "knn/best_k": 20.0, "time/embed": 1.5, "time/cluster": 0.04, "time/broadcast": 0.1, "time/train": 20.1,
-           "time/epoch": 23.46, "cluster/level0/size_max": 99.0}
+           "time/epoch": 23.46, "prototypes/level0/size_max": 99.0}
     assert Contrastive.epoch_line(method, row) == ("hierclr | epoch 3/3 | loss 20.2374 | lr 0.004393 | 70 img/s | "
                                                    "kNN top-1 0.9443 (k=20) | 23.5s (E-step 1.6s)")
     warmup = {k: v for k, v in row.items() if not k.startswith("knn/")}
