@@ -1,0 +1,112 @@
+"""Run by ``tests/ray/service/test_gpu_placement.py`` in a process of its own: a local Ray with 8 logical
+(fake) GPUs, on which the ImageNet preset's Train workers (a placement group as Ray Train V2 makes it) and its
+K-means actors (``service.gpu_share``) are placed with the options hierclr computes. Prints one JSON line.
+
+The K-means actors are started by the real coordinator code (``EStepCoordinator._place_actors``) with the
+real Ray options (``kmeans_actor_options``); only the actor class is a stand-in without torch, so that the
+processes start in a fraction of a second."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+
+from hierclr.config.pretrain import load_config
+from hierclr.methods import plan_for
+from hierclr.runtime.driver import run_needs
+from hierclr.runtime.runs import check_resources
+from hierclr.service import coordinator as coordinator_module
+from hierclr.service.actors import ActorSpec, kmeans_actor_options
+from hierclr.service.coordinator import EStepCoordinator
+from hierclr.service.errors import ClusteringFailedError
+
+
+class Probe:
+    """Asks Ray for what a K-means actor asks; answers with the GPU Ray gave it."""
+
+    def ping(self) -> list:
+        return [int(g) for g in ray.get_gpu_ids()]
+
+
+def spawn(spec, index, generation=0, node_id=None):
+    return ray.remote(Probe).options(**kmeans_actor_options(spec, index, generation, node_id)).remote()
+
+
+def coordinator(layout, timeout_s: float) -> EStepCoordinator:
+    spec = ActorSpec(name=f"placement-{time.monotonic_ns()}", resources=dict(layout.actor_options), max_restarts=0,
+                     num_threads=1, on_worker_gpus=layout.on_worker_gpus, ready_timeout_s=timeout_s)
+    coord = EStepCoordinator([], job=None, max_restarts=0, spec=spec, num_actors=layout.num_actors)
+    coord._nodes = [ray.get_runtime_context().get_node_id()] * 8  # every rank on this one node
+    return coord
+
+
+def gpus_free() -> float:
+    return ray.available_resources().get("GPU", 0.0)
+
+
+def main() -> dict:
+    out: dict = {}
+    # the preset as shipped, and with one actor per training GPU (distributed Lloyd)
+    presets = {"preset": load_config("imagenet-r50-200ep", ["data.num_cpus=1", "resources.cpus_per_worker=0.25"]),
+               "per_gpu": load_config("imagenet-r50-200ep", ["data.num_cpus=1", "resources.cpus_per_worker=0.25",
+                                                             "service.num_actors=null"])}
+    coordinator_module.spawn_kmeans_actor = spawn  # the stand-in class, the real options
+    ray.init(address="local", num_cpus=4, num_gpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        for key, cfg in presets.items():
+            plan, layout = plan_for(cfg), cfg.actor_layout()
+            check_resources(cfg, *run_needs(cfg), plan.needs_what)  # holds: no error
+            t0 = time.perf_counter()
+            workers = placement_group([{"CPU": cfg.resources.cpus_per_worker, "GPU": plan.worker_gpus()}]
+                                      * cfg.resources.num_workers, strategy="PACK")  # Ray Train V2's
+            placed = workers.wait(10)
+            coord = coordinator(layout, timeout_s=10)
+            coord._place_actors(epoch=20)  # what the first E-step does
+            gpu_ids = sorted(g for ids in ray.get([a.ping.remote() for a in coord._actors], timeout=10) for g in ids)
+            out[key] = {"workers_placed": placed, "worker_gpus": plan.worker_gpus(), "actor_gpu_ids": gpu_ids,
+                        "actor_options": layout.actor_options, "gpus_free": round(gpus_free(), 4),
+                        "seconds": round(time.perf_counter() - t0, 2)}
+            for a in coord._actors:
+                ray.kill(a, no_restart=True)
+            remove_placement_group(workers)
+        # over-asking is refused before anything is scheduled: 16 workers on 8 GPUs
+        try:
+            big = load_config("imagenet-r50-200ep", ["resources.num_workers=16", "data.num_cpus=1",
+                                                     "resources.cpus_per_worker=0.25"])
+            check_resources(big, *run_needs(big), plan_for(big).needs_what)
+            out["refused"] = None
+        except ValueError as e:
+            out["refused"] = str(e)
+        # the workers' GPUs leave no room for the actors (each worker asks a whole GPU): the actors' start
+        # fails within its timeout, names the problem and gives back what it asked for
+        full = placement_group([{"CPU": 0.25, "GPU": 1.0}] * 8, strategy="PACK")
+        full.wait(10)
+        coord = coordinator(presets["per_gpu"].actor_layout(), timeout_s=1.5)
+        t0 = time.perf_counter()
+        try:
+            coord._place_actors(epoch=20)
+            out["no_room"] = None
+        except ClusteringFailedError as e:
+            out["no_room"] = str(e)
+        out["no_room_seconds"] = round(time.perf_counter() - t0, 2)
+        remove_placement_group(full)
+        time.sleep(0.5)
+        out["gpus_free_after"] = round(gpus_free(), 4)  # the killed actors did not take the freed GPUs
+        # what the coordinator's order avoids: actors started before the workers pack onto one GPU, and the
+        # eighth worker's bundle then never fits
+        early = [spawn(coord._spec, i, generation=99) for i in range(8)]
+        out["early_actor_gpu_ids"] = sorted(g for ids in ray.get([a.ping.remote() for a in early], timeout=10)
+                                            for g in ids)
+        late = placement_group([{"CPU": 0.25, "GPU": 0.9}] * 8, strategy="PACK")
+        out["workers_after_early_actors_placed"] = late.wait(2)
+    finally:
+        ray.shutdown()
+    return out
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(main()))
+    sys.exit(0)
