@@ -8,6 +8,7 @@ processes start in a fraction of a second."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -25,10 +26,11 @@ from hierclr.service.errors import ClusteringFailedError
 
 
 class Probe:
-    """Asks Ray for what a K-means actor asks; answers with the GPU Ray gave it."""
+    """Asks Ray for what a K-means actor asks; answers with the GPU Ray gave it and the device CUDA will show it
+    (``KMeansActor`` puts its K-means on ``cuda`` when ``ray.get_gpu_ids()`` is not empty)."""
 
-    def ping(self) -> list:
-        return [int(g) for g in ray.get_gpu_ids()]
+    def ping(self) -> tuple[list, str | None]:
+        return [int(g) for g in ray.get_gpu_ids()], os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def spawn(spec, index, generation=0, node_id=None):
@@ -65,8 +67,10 @@ def main() -> dict:
             placed = workers.wait(10)
             coord = coordinator(layout, timeout_s=10)
             coord._place_actors(epoch=20)  # what the first E-step does
-            gpu_ids = sorted(g for ids in ray.get([a.ping.remote() for a in coord._actors], timeout=10) for g in ids)
+            seen = ray.get([a.ping.remote() for a in coord._actors], timeout=10)
+            gpu_ids = sorted(g for ids, _ in seen for g in ids)
             out[key] = {"workers_placed": placed, "worker_gpus": plan.worker_gpus(), "actor_gpu_ids": gpu_ids,
+                        "cuda_visible": sorted(v for _, v in seen),
                         "actor_options": layout.actor_options, "gpus_free": round(gpus_free(), 4),
                         "seconds": round(time.perf_counter() - t0, 2)}
             for a in coord._actors:
@@ -98,7 +102,7 @@ def main() -> dict:
         # what the coordinator's order avoids: actors started before the workers pack onto one GPU, and the
         # eighth worker's bundle then never fits
         early = [spawn(coord._spec, i, generation=99) for i in range(8)]
-        out["early_actor_gpu_ids"] = sorted(g for ids in ray.get([a.ping.remote() for a in early], timeout=10)
+        out["early_actor_gpu_ids"] = sorted(g for ids, _ in ray.get([a.ping.remote() for a in early], timeout=10)
                                             for g in ids)
         late = placement_group([{"CPU": 0.25, "GPU": 0.9}] * 8, strategy="PACK")
         out["workers_after_early_actors_placed"] = late.wait(2)

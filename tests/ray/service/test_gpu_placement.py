@@ -32,6 +32,7 @@ def test_workers_and_actors_share_eight_gpus_and_nothing_waits_forever():
     assert shipped["gpus_free"] == pytest.approx(0.7)  # the 7 other GPUs' shares stay free
     per_gpu = out["per_gpu"]  # num_actors null: one actor on every training GPU
     assert per_gpu["workers_placed"] and per_gpu["actor_gpu_ids"] == list(range(8))  # each in its worker's GPU
+    assert per_gpu["cuda_visible"] == [str(i) for i in range(8)]  # a fractional actor sees its GPU as cuda:0
     assert per_gpu["gpus_free"] == pytest.approx(0.0)  # the 8 GPUs are exactly full
 
     assert out["refused"].startswith("the run needs 16 GPU (cluster has 8)")  # 16 workers x (0.9 + 0.1)
