@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
+from hierclr.config.clustering import ActorLayout, ClusteringConfig, ClusteringServiceSection, actor_layout
 from hierclr.config.loader import PRESET_DIR, Section, list_presets, load_tree, validate
 from hierclr.config.sections import (
     CheckpointSection,
@@ -145,7 +145,14 @@ class PretrainConfig(Section):
                              "pretraining needs two (the *_linear presets are for evaluation runs)")
         if self.method == "hcsc" and self.loss.warmup_epochs >= self.optim.epochs:
             pass  # legal (all warm-up = MoCo v2) but worth knowing; the trainer logs it
+        if self.uses_clustering:
+            self.actor_layout()  # service x resources combinations Ray could never schedule fail here
         return self
+
+    def actor_layout(self) -> ActorLayout:
+        """The clustering actors' count and Ray options and the Train workers' GPU request
+        (:func:`hierclr.config.clustering.actor_layout`)."""
+        return actor_layout(self.service, self.resources)
 
     @property
     def uses_clustering(self) -> bool:

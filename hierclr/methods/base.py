@@ -141,11 +141,15 @@ class Plan:
         self.cfg = cfg
         self.rows_checked = False  # data.train's row count passed check_rows
 
+    def worker_gpus(self) -> float:
+        """Each Train worker's GPU request (0: CPU workers)."""
+        res = self.cfg.resources
+        return res.gpus_per_worker if res.use_gpu else 0.0
+
     def needs(self) -> tuple[float, float]:
         """(CPUs, GPUs) one run holds while it trains."""
         res = self.cfg.resources
-        return (res.num_workers * res.cpus_per_worker + self.cfg.data.num_cpus,
-                res.num_workers * res.gpus_per_worker if res.use_gpu else 0.0)
+        return res.num_workers * res.cpus_per_worker + self.cfg.data.num_cpus, res.num_workers * self.worker_gpus()
 
     needs_what: ClassVar[str] = "resources.num_workers x cpus_per_worker/gpus_per_worker + data.num_cpus"
 

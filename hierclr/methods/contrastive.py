@@ -305,20 +305,24 @@ class ContrastivePlan(Plan):
     config_cls = PretrainConfig
     resume_sections = ("method", "model")
     needs_what = ("resources.num_workers x cpus_per_worker/gpus_per_worker + data.num_cpus + "
-                  "service.num_actors x cpus_per_actor/gpus_per_actor")
+                  "service.num_actors x cpus_per_actor/gpus_per_actor (gpu_share: within gpus_per_worker)")
 
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__(cfg)
         self.service = None
+
+    def worker_gpus(self) -> float:
+        """The workers' GPU request, less the share of their GPU the clustering actors take (``service.gpu_share``)."""
+        return self.cfg.actor_layout().worker_gpus if self.cfg.uses_clustering else super().worker_gpus()
 
     def needs(self) -> tuple[float, float]:
         """Train workers, the data streams' budget, and the clustering actors."""
         cfg = self.cfg
         need_cpu, need_gpu = super().needs()
         if cfg.uses_clustering:
-            s = cfg.service
-            need_cpu += s.num_actors * (s.cpus_per_actor if s.gpus_per_actor == 0 else 0)
-            need_gpu += s.num_actors * s.gpus_per_actor
+            layout = cfg.actor_layout()
+            need_cpu += layout.num_actors * layout.actor_cpus
+            need_gpu += layout.num_actors * layout.actor_gpus
         return need_cpu, need_gpu
 
     def check_rows(self, num_rows: int) -> None:
@@ -371,7 +375,7 @@ class ContrastivePlan(Plan):
         self.service = ClusteringService.start(
             f"hierclr-clustering-{name}", cfg.clustering, cfg.service, method=cfg.method,
             pcl_sizes=cfg.pcl.num_clusters, num_rows=prepared.train_src.num_rows,
-            num_expected=prepared.extras["num_train"], compat=cfg.compat)
+            num_expected=prepared.extras["num_train"], compat=cfg.compat, layout=cfg.actor_layout())
         return {"service_name": self.service.name}
 
     def stop_services(self) -> None:

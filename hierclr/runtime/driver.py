@@ -233,7 +233,7 @@ def _train(cfg, plan, where: ResolvedRun, root: str, stop_after_epoch, echo, lin
         res = cfg.resources
         per_worker = {"CPU": res.cpus_per_worker}
         if res.use_gpu:
-            per_worker["GPU"] = res.gpus_per_worker
+            per_worker["GPU"] = plan.worker_gpus()  # less than gpus_per_worker when actors share the GPUs
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"plan": plan.name, "config": cfg.model_dump(mode="json"), "run": run.__dict__},

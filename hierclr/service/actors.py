@@ -56,21 +56,38 @@ def warn_if_not_official(job: ClusteringJob, settings: ClusteringConfig, *, dist
 @dataclass(frozen=True)
 class ActorSpec:
     """How the pool's K-means actors are made, so that the coordinator can make a new one in place of an actor
-    that used up its restarts: name prefix, Ray resources, restarts, torch threads."""
+    that used up its restarts: name prefix, Ray resources, restarts, torch threads, and whether they share the
+    training workers' GPUs (then the coordinator starts them, on the workers' nodes, at the first E-step)."""
 
     name: str
     resources: dict
     max_restarts: int
     num_threads: int
+    on_worker_gpus: bool = False
+    ready_timeout_s: float = 120.0
 
 
-def spawn_kmeans_actor(spec: ActorSpec, index: int, generation: int = 0):
-    """K-means actor ``index`` of the pool (``generation`` > 0: a replacement, named apart from the dead one)."""
+def kmeans_actor_options(spec: ActorSpec, index: int, generation: int = 0, node_id: str | None = None) -> dict:
+    """Ray options of K-means actor ``index`` (``generation`` > 0: a replacement, named apart from the dead one).
+
+    ``node_id``: pinned to that node (a training worker's, with ``on_worker_gpus``). Started after the workers
+    hold their GPUs, a fractional ``num_gpus`` then lands in what a worker left of its GPU: Ray gives a
+    fractional request the fitting GPU with the least free capacity. Started before them it would not: eight
+    0.1-GPU actors all go to GPU 0, and the eighth 0.9-GPU worker then waits forever
+    (``tests/ray/service/test_gpu_placement.py``)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     from hierclr.runtime.ray_start import OWN_RESOURCES
 
     name = f"{spec.name}-kmeans-{index}" + (f"-r{generation}" if generation else "")
-    return ray.remote(KMeansActor).options(max_restarts=spec.max_restarts, name=name, **spec.resources,
-                                           scheduling_strategy=OWN_RESOURCES).remote(index, spec.num_threads)
+    where = NodeAffinitySchedulingStrategy(node_id, soft=False) if node_id else OWN_RESOURCES
+    return {"max_restarts": spec.max_restarts, "name": name, **spec.resources, "scheduling_strategy": where}
+
+
+def spawn_kmeans_actor(spec: ActorSpec, index: int, generation: int = 0, node_id: str | None = None):
+    """Start K-means actor ``index`` with :func:`kmeans_actor_options`."""
+    opts = kmeans_actor_options(spec, index, generation, node_id)
+    return ray.remote(KMeansActor).options(**opts).remote(index, spec.num_threads)
 
 
 class KMeansActor:

@@ -39,7 +39,7 @@ class ClusteringClient:
         shard_ref = ray.put((ids_np, feats_np))
         try:
             [protos_ref], stats = ray.get(
-                self._coordinator.submit.remote(int(epoch), int(rank), int(world_size), [shard_ref]),
+                self._coordinator.submit.remote(int(epoch), int(rank), int(world_size), [shard_ref], _node_id()),
                 timeout=timeout_s,
             )
             protos = ray.get(protos_ref, timeout=timeout_s)
@@ -64,6 +64,11 @@ def connect(name: str, namespace: str | None = None) -> ClusteringClient:
     except ValueError as e:
         raise ValueError(f"no clustering service named {name!r} is running (start it with "
                          f"ClusteringService.start on the driver)") from e
+
+
+def _node_id() -> str | None:
+    """This process's Ray node: the coordinator starts this rank's K-means actor there when they share GPUs."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _shard_arrays(ids: Tensor, features: Tensor) -> tuple[np.ndarray, np.ndarray]:

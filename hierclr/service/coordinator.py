@@ -33,6 +33,7 @@ class _Round:
     epoch: int
     world_size: int
     refs: dict[int, object] = field(default_factory=dict)
+    nodes: dict[int, str | None] = field(default_factory=dict)  # each rank's Ray node (where its actor goes)
     started: bool = False
     done: bool = False
     result: tuple | None = None
@@ -45,12 +46,20 @@ class EStepCoordinator:
 
     ``submit`` blocks each caller until all ranks of its epoch have submitted and the E-step is done;
     the last rank's call runs it. Only one E-step runs at a time.
+
+    ``spec.on_worker_gpus``: ``actors`` is empty and the coordinator starts ``num_actors`` actors itself at the
+    first E-step, actor ``i`` on the node of rank ``i`` (the ranks send their node with their shard): the
+    workers then hold their GPUs, and each actor takes the share its worker left (:func:`kmeans_actor_options`).
+    They are owned by the coordinator and end with it.
     """
 
-    def __init__(self, actors: list, job: ClusteringJob, max_restarts: int, spec: ActorSpec | None = None) -> None:
+    def __init__(self, actors: list, job: ClusteringJob, max_restarts: int, spec: ActorSpec | None = None,
+                 num_actors: int | None = None) -> None:
         self._actors = list(actors)
         self._actor_index = {a._actor_id.hex(): i for i, a in enumerate(actors)}
         self._spec = spec  # how to replace an actor that used up its restarts (None: never)
+        self._num_actors = num_actors if num_actors is not None else len(self._actors)
+        self._nodes: list[str | None] = []  # the last round's node of each rank
         self._generation = 0
         self._job = job
         self._max_restarts = max_restarts
@@ -67,9 +76,11 @@ class EStepCoordinator:
             return {e: (sorted(r.refs), r.world_size) for e, r in self._rounds.items() if not r.done}
 
     # -- rounds
-    def submit(self, epoch: int, rank: int, world_size: int, shard: list) -> tuple[list, EStepStats]:
+    def submit(self, epoch: int, rank: int, world_size: int, shard: list,
+               node_id: str | None = None) -> tuple[list, EStepStats]:
         """Rank ``rank``'s shard (``[ref]`` to ``(ids, features)``) for ``epoch``; returns ``([ref], stats)``
-        with ``ref`` -> the epoch's :class:`Prototypes`, the same ref for every rank."""
+        with ``ref`` -> the epoch's :class:`Prototypes`, the same ref for every rank. ``node_id``: the rank's Ray
+        node (where its K-means actor is started when they share the workers' GPUs)."""
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"estep: rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
                              f"world_size={world_size}")
@@ -78,6 +89,7 @@ class EStepCoordinator:
         with self._cond:
             rnd = self._join_round(epoch, rank, world_size)
             rnd.refs[rank] = shard[0]
+            rnd.nodes[rank] = node_id
             runner = len(rnd.refs) == world_size
             if runner:
                 rnd.started, rnd.submitted_at = True, time.perf_counter()
@@ -114,7 +126,7 @@ class EStepCoordinator:
         log.warning("discarding the unfinished E-step round of epoch %d (%d of %d ranks): %s",
                     rnd.epoch, len(rnd.refs), rnd.world_size, why)
         rnd.error = ClusteringFailedError(f"E-step round of epoch {rnd.epoch} was discarded: {why}", rnd.epoch)
-        rnd.done, rnd.refs = True, {}
+        rnd.done, rnd.refs, rnd.nodes = True, {}, {}
         self._rounds.pop(rnd.epoch, None)
         self._cond.notify_all()
 
@@ -122,17 +134,22 @@ class EStepCoordinator:
         try:
             with self._estep_lock:
                 refs = [rnd.refs[r] for r in range(rnd.world_size)]
-                result, error = self._estep(rnd.epoch, refs, rnd.submitted_at), None
+                nodes = [rnd.nodes.get(r) for r in range(rnd.world_size)]
+                result, error = self._estep(rnd.epoch, refs, rnd.submitted_at, nodes), None
         except Exception as e:  # noqa: BLE001 -- not swallowed: re-raised in every waiting rank
             result, error = None, e
         with self._cond:
-            rnd.result, rnd.error, rnd.done, rnd.refs = result, error, True, {}
+            rnd.result, rnd.error, rnd.done, rnd.refs, rnd.nodes = result, error, True, {}, {}
             self._cond.notify_all()
 
     # -- the E-step
-    def _estep(self, epoch: int, refs: list, submitted_at: float) -> tuple[list, EStepStats]:
+    def _estep(self, epoch: int, refs: list, submitted_at: float,
+               nodes: list[str | None] | None = None) -> tuple[list, EStepStats]:
         """Run the E-step; one actor failure is retried, a second ends it with ClusteringFailedError, as does any
         other actor-side error (naming the epoch and the cause)."""
+        self._nodes = list(nodes or [])
+        if not self._actors and self._spec is not None and self._spec.on_worker_gpus:
+            self._place_actors(epoch)
         first: str | None = None
         for attempt in (1, 2):
             try:
@@ -161,6 +178,37 @@ class EStepCoordinator:
                                             epoch) from None
         raise AssertionError("unreachable")
 
+    def _node_of(self, index: int) -> str | None:
+        """Where actor ``index`` goes: rank ``index``'s node when the actors share the workers' GPUs."""
+        if self._spec is None or not self._spec.on_worker_gpus or not self._nodes:
+            return None
+        return self._nodes[index % len(self._nodes)]
+
+    def _place_actors(self, epoch: int) -> None:
+        """Start the pool on the training workers' nodes (``spec.on_worker_gpus``), now that the workers hold
+        their GPUs; a start that does not finish within ``spec.ready_timeout_s`` ends the E-step with a
+        ClusteringFailedError saying what was asked and what the cluster has free (never a silent wait)."""
+        spec, n = self._spec, self._num_actors
+        self._actors = [spawn_kmeans_actor(spec, i, self._generation, self._node_of(i)) for i in range(n)]
+        self._actor_index = {a._actor_id.hex(): i for i, a in enumerate(self._actors)}
+        t0 = time.perf_counter()
+        _, not_ready = ray.wait([a.ping.remote() for a in self._actors], num_returns=n,
+                                timeout=spec.ready_timeout_s)
+        if not_ready:
+            free = ray.available_resources()
+            for a in self._actors:
+                ray.kill(a, no_restart=True)
+            self._actors, self._actor_index = [], {}
+            self._generation += 1  # the next try must not meet the killed actors' names
+            raise ClusteringFailedError(
+                f"E-step of epoch {epoch}: {len(not_ready)} of {n} K-means actors ({spec.resources} each, pinned to "
+                f"the training workers' nodes to share their GPUs) did not start within {spec.ready_timeout_s:g} s; "
+                f"the cluster has {free.get('GPU', 0):g} GPU and {free.get('CPU', 0):g} CPU unreserved. Something "
+                "else holds the share of the workers' GPUs that service.gpu_share leaves them (resources.gpus_per_"
+                "worker - gpu_share is what each worker asks), or the actors were slow to start", epoch)
+        log.info("E-step of epoch %d: %d K-means actors started on the workers' nodes in %.1f s", epoch, n,
+                 time.perf_counter() - t0)
+
     def _wait_for_actors(self) -> None:
         """Block until every actor answers (a restarting actor queues the call); an actor that is dead for good
         (its restarts used up) is replaced by a new one, so that the run's later E-steps, and a restarted Train
@@ -173,7 +221,7 @@ class EStepCoordinator:
                     raise
                 self._generation += 1
                 log.warning("K-means actor %d is dead for good; starting a new one in its place", i)
-                self._actors[i] = spawn_kmeans_actor(self._spec, i, self._generation)
+                self._actors[i] = spawn_kmeans_actor(self._spec, i, self._generation, self._node_of(i))
                 self._actor_index[self._actors[i]._actor_id.hex()] = i
                 ray.get(self._actors[i].ping.remote())
 

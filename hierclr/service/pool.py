@@ -10,7 +10,7 @@ from typing import Literal
 import ray
 
 from hierclr.clustering.flat import validate_num_clusters
-from hierclr.config.clustering import ClusteringConfig, ClusteringServiceSection
+from hierclr.config.clustering import ActorLayout, ClusteringConfig, ClusteringServiceSection, actor_layout
 from hierclr.runtime.ray_start import OWN_RESOURCES
 from hierclr.service.actors import ActorSpec, ClusteringJob, ClusteringMethod, spawn_kmeans_actor
 from hierclr.service.client import ClusteringClient
@@ -57,10 +57,13 @@ class ClusteringService:
         compat: Literal["official", "paper"] = "official",
         max_workers: int = 64,
         ready_timeout_s: float | None = 120.0,
+        layout: ActorLayout | None = None,
     ) -> ClusteringService:
-        """Create the coordinator (named ``name``, 0 CPU, owned by this driver) and ``service.num_actors``
-        K-means actors (``num_gpus=gpus_per_actor`` when > 0, else ``num_cpus=cpus_per_actor``;
-        ``max_restarts=service.max_restarts``).
+        """Create the coordinator (named ``name``, 0 CPU, owned by this driver) and the K-means actors as
+        ``layout`` says (:func:`~hierclr.config.clustering.actor_layout`; None: ``actor_layout(service)``, CPU
+        workers): ``layout.num_actors`` actors with ``layout.actor_options``, ``max_restarts=service.max_restarts``.
+        With ``layout.on_worker_gpus`` (``service.gpu_share``) the coordinator starts them at the first E-step, on
+        the training workers' nodes, and only the coordinator is started here.
 
         ``method="pcl"`` clusters flat at each K of ``pcl_sizes`` (PCL v2), ignoring ``clustering.sizes``
         and ``min_cluster_size``. ``num_rows``: the dataset size (ids are ``0..num_rows-1``); ``num_expected``: the
@@ -80,13 +83,12 @@ class ClusteringService:
             pass
         else:
             raise ValueError(f"clustering service: an actor named {name!r} already exists in this namespace")
-        if service.gpus_per_actor > 0:
-            resources = {"num_gpus": service.gpus_per_actor, "num_cpus": 0}
-        else:
-            resources = {"num_cpus": service.cpus_per_actor}
+        layout = layout if layout is not None else actor_layout(service)
+        resources = dict(layout.actor_options)
         spec = ActorSpec(name=name, resources=resources, max_restarts=service.max_restarts,
-                         num_threads=int(service.cpus_per_actor))
-        actors = [spawn_kmeans_actor(spec, i) for i in range(service.num_actors)]
+                         num_threads=int(service.cpus_per_actor), on_worker_gpus=layout.on_worker_gpus,
+                         ready_timeout_s=ready_timeout_s if ready_timeout_s is not None else 120.0)
+        actors = [] if layout.on_worker_gpus else [spawn_kmeans_actor(spec, i) for i in range(layout.num_actors)]
         job = ClusteringJob(clustering=clustering, method=method, pcl_sizes=pcl_sizes, num_rows=int(num_rows),
                             num_expected=int(num_rows if num_expected is None else num_expected), compat=compat)
         # The coordinator holds no state a restart loses for good: the workers' submissions that were in flight
@@ -97,7 +99,7 @@ class ClusteringService:
             ray.remote(EStepCoordinator)
             .options(name=name, num_cpus=0, max_concurrency=max_workers + 4, max_restarts=service.max_restarts,
                      max_task_retries=-1, scheduling_strategy=OWN_RESOURCES)
-            .remote(actors, job, service.max_restarts, spec)
+            .remote(actors, job, service.max_restarts, spec, layout.num_actors)
         )
         svc = cls(name=name, coordinator=coordinator, actors=actors)
         if ready_timeout_s is not None:
@@ -117,6 +119,6 @@ class ClusteringService:
         return ClusteringClient(self.coordinator)
 
     def shutdown(self) -> None:
-        """Kill the coordinator and the K-means actors (no restart)."""
+        """Kill the coordinator and the K-means actors (no restart; actors the coordinator started end with it)."""
         for a in (self.coordinator, *self.actors):
             ray.kill(a, no_restart=True)

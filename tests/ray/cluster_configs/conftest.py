@@ -31,15 +31,15 @@ def run_bundles(cfg, copies: int = 1, driver_cpus: float = 0.0) -> list[tuple[st
     Their sums equal the run's own needs (:func:`hierclr.runtime.driver.run_needs`; checked here, so the two
     cannot drift)."""
     from hierclr.config.pretrain import PretrainConfig
+    from hierclr.methods import plan_for
     from hierclr.runtime.driver import run_needs
 
     res = cfg.resources
     one: list[tuple[str, float, float]] = []
-    one += [("train worker", res.cpus_per_worker, res.gpus_per_worker if res.use_gpu else 0.0)] * res.num_workers
+    one += [("train worker", res.cpus_per_worker, plan_for(cfg).worker_gpus())] * res.num_workers
     if isinstance(cfg, PretrainConfig) and cfg.uses_clustering:
-        svc = cfg.service
-        cpus = svc.cpus_per_actor if svc.gpus_per_actor == 0 else 0.0
-        one += [("clustering actor", cpus, svc.gpus_per_actor)] * svc.num_actors
+        layout = cfg.actor_layout()  # service.gpu_share: on the workers' GPUs, within what they no longer ask
+        one += [("clustering actor", layout.actor_cpus, layout.actor_gpus)] * layout.num_actors
     one += [("Ray Data task", 1.0, 0.0)] * cfg.data.num_cpus
     need_cpu, need_gpu = run_needs(cfg)
     assert abs(sum(b[1] for b in one) - need_cpu) < 1e-9 and abs(sum(b[2] for b in one) - need_gpu) < 1e-9, (

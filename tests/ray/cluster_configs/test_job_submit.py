@@ -284,4 +284,4 @@ def test_cluster_runtime_env_is_accepted_by_ray(local_head):
                     "--config", "imagenet-r50-200ep", "--print-config", timeout=240)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "succeeded" in out, out[-6000:]
-    assert "name: imagenet-r50-200ep" in out and "gpus_per_actor: 1.0" in out, out[-3000:]
+    assert "name: imagenet-r50-200ep" in out and "gpu_share: 0.1" in out, out[-3000:]

@@ -133,7 +133,7 @@ def test_setup_installs_hierclr_with_the_gpu_extra_and_this_ray(path):
 @pytest.mark.parametrize("preset", list_presets())
 def test_every_preset_fits_the_cluster_at_its_maximum(path, preset, cluster_checks):
     """Train workers, clustering actors and Ray Data CPUs of the preset can all be placed on the node types
-    at their max_workers (e.g. imagenet-r50-200ep: 8 x (4 CPU, 1 GPU) + a 1-GPU actor + 48 CPUs)."""
+    at their max_workers (e.g. imagenet-r50-200ep: 8 x (4 CPU, 0.9 GPU) + a 0.1-GPU actor + 48 CPUs)."""
     groups = _node_groups(_load(path), cluster_checks)
     problems = cluster_checks.placement_problems(cluster_checks.run_bundles(load_config(preset)), groups)
     assert not problems, f"{preset} on {path.name}: {problems}"
@@ -159,11 +159,18 @@ def test_every_sweep_preset_fits_at_its_concurrency(path, space, cluster_checks)
 
 
 def test_the_fit_check_rejects_what_does_not_fit(cluster_checks):
-    """The placement check itself: 17 GPUs do not fit 2 x 8, a 4-CPU worker does not fit 3-CPU nodes."""
+    """The placement check itself: 17 GPUs (16 workers + a whole-GPU actor) do not fit 2 x 8, 16 workers with
+    the actor on their GPUs (service.gpu_share) do, a 4-CPU worker does not fit 3-CPU nodes."""
     ng = cluster_checks.NodeGroup
     two_nodes = [ng("head", 0, 0, 1), ng("gpu", 96, 8, 2)]
-    cfg = load_config("imagenet-r50-200ep", ["resources.num_workers=16"])
-    assert cluster_checks.placement_problems(cluster_checks.run_bundles(cfg), two_nodes)
+    own_gpu = ["resources.num_workers=16", "service.gpu_share=null", "service.gpus_per_actor=1"]
+    assert cluster_checks.placement_problems(cluster_checks.run_bundles(load_config("imagenet-r50-200ep", own_gpu)),
+                                             two_nodes)
+    shared = load_config("imagenet-r50-200ep", ["resources.num_workers=16"])
+    assert not cluster_checks.placement_problems(cluster_checks.run_bundles(shared), two_nodes)
+    one_node = [ng("head", 0, 0, 1), ng("gpu", 96, 8, 1)]
     assert not cluster_checks.placement_problems(cluster_checks.run_bundles(load_config("imagenet-r50-200ep")),
-                                                 two_nodes)
+                                                 one_node)
+    assert cluster_checks.placement_problems(
+        cluster_checks.run_bundles(load_config("imagenet-r50-200ep", own_gpu[1:])), one_node)  # 9 GPUs
     assert cluster_checks.placement_problems([("train worker", 4, 1)], [ng("small", 3, 8, 5)])
