@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -87,7 +88,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         method.init_weights(core)
     if env.channels_last:
         core = core.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(core, parallel_strategy_kwargs=method.ddp_kwargs)
+    with warnings.catch_warnings():
+        # torch >= 2.13 deprecates DDP's broadcast_buffers, but its replacement (forward_sync_buffers) still syncs
+        # buffers at init; torch's own warning says to keep broadcast_buffers=False for rank-local buffers
+        # (model.embed_buffers: per_rank) until it has init_sync_buffers. Said once here, not per worker per run.
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        model = ray.train.torch.prepare_model(core, parallel_strategy_kwargs=method.ddp_kwargs)
     core = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.SGD(method.param_groups(core), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
