@@ -27,9 +27,16 @@ def cifar10(cifar10_jpg_root, shared_data_dir):
 
     xtr, ytr = load("train")
     xte, yte = load("test")
-    mean = (xtr.reshape(-1, 3) / 255.0).mean(0)
-    std = (xtr.reshape(-1, 3) / 255.0).std(0)
-    flat = lambda x: torch.from_numpy(((x / 255.0 - mean) / std).reshape(len(x), -1).astype(np.float32))
+    # per-channel standardisation in float32 (float64 statistics): 150 M training pixels, no float64 copies of them
+    train32 = xtr.reshape(-1, 3).astype(np.float32) / 255
+    mean, std = train32.mean(0, dtype=np.float64), train32.std(0, dtype=np.float64)
+    del train32
+
+    def flat(x):
+        out = x.reshape(-1, 3).astype(np.float32) / 255
+        out -= mean.astype(np.float32)
+        out /= std.astype(np.float32)
+        return torch.from_numpy(out.reshape(len(x), -1))
     edges = [line.split("\t") for line in (shared_data_dir / "cifar10-hierarchy.tsv").read_text().splitlines()[1:]]
     parent = {c.strip(): p.strip() for c, p in edges}
     domain = [parent[parent[name]] for name in classes]  # class -> group -> domain
