@@ -72,26 +72,6 @@ class RunInterrupted(KeyboardInterrupt):
         self.resumable_run = resumable_run
 
 
-def log_datasets(tracker, cfg, streams: dict) -> None:
-    """The run's training and val splits as MLflow dataset inputs (the run page's Datasets); a parquet split's
-    digest comes from its manifest's shard hashes, so runs on the same prepared data show the same digest."""
-    import hashlib
-
-    for name, context in (("train", "training"), ("val", "evaluation")):
-        stream = streams.get(name)
-        if stream is None:
-            continue
-        src = stream.source
-        digest = None
-        if src.manifest is not None:
-            digest = hashlib.sha256("".join(sh.sha256 for sh in src.manifest.shards).encode()).hexdigest()[:12]
-        tags = {"rows": src.num_rows}
-        fraction = getattr(cfg.data, "fraction", 1.0)
-        if name == "train" and fraction < 1:
-            tags.update({"data.fraction": fraction, "data.fraction_seed": cfg.data.fraction_seed})
-        tracker.log_dataset(src.uri, context=context, digest=digest, tags=tags)
-
-
 class RunFailedError(RuntimeError):
     """A training run ended with an error. The message names the cause and, when the run has an intact checkpoint,
     the run to resume (``--resume <run_name>``); the fields carry the same for callers (the CLI prints the whole
@@ -188,7 +168,7 @@ def _train(cfg, plan, where: ResolvedRun, root: str, stop_after_epoch, echo, lin
     from hierclr.data import train_data_config
     from hierclr.data.streams import start_epoch_clock
     from hierclr.runtime.context import RunContext
-    from hierclr.runtime.tracking import Tracker, resolved_uri
+    from hierclr.runtime.tracking import Tracker, log_datasets, resolved_uri
     from hierclr.runtime.worker import train_loop_per_worker
 
     run_name, resume_ckpt, resume_state = where.name, where.checkpoint, where.state

@@ -18,6 +18,7 @@ LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE
 
 
 def use_local_train_env() -> None:
+    """Set :data:`LOCAL_TRAIN_ENV` in this process's environment, keeping what the user set."""
     for key, value in LOCAL_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
 

@@ -499,3 +499,23 @@ class Tracker:
             self._call("end run", self._client.set_terminated, self._run_id, status)
             self._client = None
             self._run_id = None
+
+
+def log_datasets(tracker, cfg, streams: dict) -> None:
+    """The run's training and val splits as MLflow dataset inputs (the run page's Datasets); a parquet split's
+    digest comes from its manifest's shard hashes, so runs on the same prepared data show the same digest."""
+    import hashlib
+
+    for name, context in (("train", "training"), ("val", "evaluation")):
+        stream = streams.get(name)
+        if stream is None:
+            continue
+        src = stream.source
+        digest = None
+        if src.manifest is not None:
+            digest = hashlib.sha256("".join(sh.sha256 for sh in src.manifest.shards).encode()).hexdigest()[:12]
+        tags = {"rows": src.num_rows}
+        fraction = getattr(cfg.data, "fraction", 1.0)
+        if name == "train" and fraction < 1:
+            tags.update({"data.fraction": fraction, "data.fraction_seed": cfg.data.fraction_seed})
+        tracker.log_dataset(src.uri, context=context, digest=digest, tags=tags)

@@ -289,7 +289,7 @@ def test_a_new_run_records_its_git_commit_command_and_datasets(tmp_path, monkeyp
     from hierclr.data.builtin import materialize_builtin
     from hierclr.data.source import open_source
     from hierclr.io.mlflow_store import COMMAND_ENV
-    from hierclr.runtime.driver import log_datasets
+    from hierclr.runtime.tracking import log_datasets
 
     monkeypatch.setenv(COMMAND_ENV, "hierclr pretrain --config demo --set data.fraction=0.5")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
