@@ -1,22 +1,15 @@
 """The GPU acceptance script's end-to-end overrides are valid configs of the commands it runs (smoke and GPU),
 checked without Ray: a renamed config field fails here, not on the lent GPU."""
-import importlib.util
-from pathlib import Path
-
 import pytest
+from helpers.benchmark_scripts import load_benchmark
 
 from hierclr.config.evaluate import load_evaluate_config
 from hierclr.config.pretrain import load_config
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_acceptance.py"
-
 
 @pytest.fixture(scope="module")
 def acceptance():
-    spec = importlib.util.spec_from_file_location("gpu_acceptance", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_acceptance")
 
 
 @pytest.mark.parametrize("smoke", [True, False])

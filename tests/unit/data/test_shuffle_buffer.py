@@ -2,23 +2,15 @@
 default, and the benchmark's measure of how much batches repeat across epochs (its pure function, tiny sizes)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from helpers.benchmark_scripts import load_benchmark
 
 from hierclr.config.pretrain import load_config
 from hierclr.data.streams import train_batch_kwargs
 
 
 def _bench():
-    path = Path(__file__).parents[3] / "benchmarks" / "input_pipeline.py"
-    spec = importlib.util.spec_from_file_location("input_pipeline_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("input_pipeline")
 
 
 def test_train_batch_kwargs():
