@@ -179,8 +179,9 @@ def markdown(result: dict) -> str:
         return f"{s['mean'] * f:.1f} ± {s['std'] * f:.1f}" if pct else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
     floor = result["pixel_floor"]
-    lines = ["| method | kNN top-1 k=20 (%) | k=200 (%) | AMI class | AMI group | AMI domain | ICSC precision l0 "
-             "| s / epoch | vs MoCo |", "|---|---|---|---|---|---|---|---|---|",
+    header = ("| method | kNN top-1 k=20 (%) | k=200 (%) | AMI class | AMI group | AMI domain | ICSC precision l0 "
+              "| s / epoch | vs MoCo |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|",
              f"| raw pixels (same bank) | {floor['top1_k20'] * 100:.1f} | {floor['top1_k200'] * 100:.1f} | | | | | | |"]
     for name, agg in result["summary"].items():
         ami = agg["ami"]
