@@ -178,11 +178,13 @@ def markdown(result: dict) -> str:
         f = 100.0 if pct else 1.0
         return f"{s['mean'] * f:.1f} ± {s['std'] * f:.1f}" if pct else f"{s['mean']:.3f} ± {s['std']:.3f}"
 
-    floor = result["pixel_floor"]
+    floor = result.get("pixel_floor")  # computed from an ImageFolder source only
     header = ("| method | kNN top-1 k=20 (%) | k=200 (%) | AMI class | AMI group | AMI domain | ICSC precision l0 "
               "| s / epoch | vs MoCo |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|",
-             f"| raw pixels (same bank) | {floor['top1_k20'] * 100:.1f} | {floor['top1_k200'] * 100:.1f} | | | | | | |"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    if floor:
+        lines.append(f"| raw pixels (same bank) | {floor['top1_k20'] * 100:.1f} | {floor['top1_k200'] * 100:.1f} "
+                     "| | | | | | |")
     for name, agg in result["summary"].items():
         ami = agg["ami"]
         lines.append(f"| {name} | {cell(agg['knn'].get('top1_k20'))} | {cell(agg['knn'].get('top1_k200'))} | "

@@ -96,6 +96,7 @@ def test_aggregate_mean_spread_and_ratio_to_moco(mq):
     assert "| raw pixels (same bank) | 39.8 | 37.3 |" in table
     assert "| hcsc | 45.5 ± 2.1 | n/a | 0.200 ± 0.141 |" in table
     assert "| moco_v2 | 41.0 ± 1.4 | n/a | n/a |" in table
+    assert "raw pixels" not in mq.markdown({"summary": out})  # an archive source has no pixel floor
 
 
 def _tree(root: Path, split: str, colours: dict[str, tuple[int, int, int]], per_class: int, seed: int):
