@@ -42,6 +42,7 @@ def test_every_method_gets_the_same_budget(mq, tmp_path, profile):
     for name, cfg in cfgs.items():
         assert shared(cfg) == ref, name  # backbone, data, epochs, batch, augmentation, optimiser, seed: all equal
     assert ref["eval"]["ks"] == (20, 200)
+    assert ref["pcl"]["num_clusters"] == ref["clustering"]["sizes"]  # PCL clusters at HCSC's granularities
 
 
 def test_profiles_are_what_the_docstring_says(mq, tmp_path):
