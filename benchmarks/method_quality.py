@@ -194,8 +194,8 @@ def markdown(result: dict) -> str:
                      f"{cell(ami.get('label2'), False)} | {cell(agg['selection'].get('precision_l0'), False)} | "
                      f"{agg['epoch_s_median']['mean']:.1f} | {agg.get('epoch_vs_moco_v2', float('nan')):.2f}x |")
     seeds = sorted({s for agg in result["summary"].values() for s in agg["seeds"]})
-    lines.append(f"\nmean ± std over seeds {seeds}; AMI: the finest prototype level whose AMI with that label level "
-                 "is highest (`prototypes/ami/label{m}`, HCSC Table 11), full matrix in the JSON.")
+    lines.append(f"\nmean ± std over seeds {seeds}. AMI (HCSC Table 11's convention, `prototypes/ami/label{{m}}`): "
+                 "prototype level m against label level m, both counted from the finest; every pair is in the JSON.")
     return "\n".join(lines) + "\n"
 
 
