@@ -113,7 +113,9 @@ class Dimension(Section):
 class SchedulerSection(Section):
     type: Literal["asha", "fifo"] = "asha"
     time_attr: str = Field("epochs_done", description="progress measure ASHA compares (epochs completed)")
-    grace_period: int = Field(1, ge=1, description="epochs every trial gets before it can be stopped")
+    grace_period: int | None = Field(None, ge=1, description="epochs every trial gets before it can be stopped "
+                                     "(default: one more than the trials' warm-up epochs, so that every trial's "
+                                     "clustering has acted at the first rung; 1 without warm-up)")
     reduction_factor: float = Field(2.0, gt=1)
     brackets: int = Field(1, ge=1)
     max_t: int | None = Field(None, ge=1, description="default: the base config's optim.epochs")
@@ -208,13 +210,35 @@ class SweepConfig(Section):
                     self.trial_config({**first, key: value}, base)
                 except ValueError as e:
                     raise ValueError(f"space.{key}: value {value!r} does not make a valid config:\n{e}") from None
-        if self.scheduler.type == "asha" and self.max_t(cfg) < self.scheduler.grace_period:
-            raise ValueError(f"scheduler.grace_period ({self.scheduler.grace_period}) exceeds the trials' "
-                             f"{self.max_t(cfg)} epochs")
+        if self.scheduler.type == "asha":
+            grace, warmup = self.asha_grace_period(), self.max_warmup_epochs()
+            if self.max_t(cfg) < grace:
+                raise ValueError(f"scheduler.grace_period ({grace}) exceeds the trials' {self.max_t(cfg)} epochs")
+            if self.skip_warmup and grace <= warmup:
+                # ASHA's first rung compares trials after grace_period epochs; were they all warm-up epochs (no
+                # prototypes yet), the swept clustering would not have acted and the stops would be chance.
+                raise ValueError(f"scheduler.grace_period ({grace}) must exceed the trials' {warmup} warm-up epochs "
+                                 f"(loss.warmup_epochs): ASHA would stop trials before their clustering has acted, "
+                                 f"on epochs their score leaves out (skip_warmup). Set scheduler.grace_period >= "
+                                 f"{warmup + 1} (or leave it out: that is its default), or skip_warmup: false to "
+                                 "score warm-up epochs too")
         return cfg
 
     def max_t(self, cfg: PretrainConfig) -> int:
         return self.scheduler.max_t or cfg.optim.epochs
+
+    def max_warmup_epochs(self) -> int:
+        """The most warm-up epochs of any trial (:func:`warmup_epochs` of the base with the space's first values,
+        and with each listed value of each dimension: a swept ``loss.warmup_epochs`` counts at its largest)."""
+        base = self.base_tree()
+        first = {k: d.candidates()[0] for k, d in self.space.items()}
+        points = [first, *({**first, k: v} for k, d in self.space.items() for v in d.candidates())]
+        return max(warmup_epochs(self.trial_config(p, base)) for p in points)
+
+    def asha_grace_period(self) -> int:
+        """ASHA's grace period in epochs: ``scheduler.grace_period``, by default the first epoch after every
+        trial's warm-up."""
+        return self.scheduler.grace_period or self.max_warmup_epochs() + 1
 
     def grid_points(self) -> list[dict[str, Any]]:
         """The grid's points (for dry runs and docs); random dimensions are shown by their spec."""

@@ -154,6 +154,8 @@ def _parent_params(sweep: SweepConfig) -> dict[str, Any]:
     options = {k: v for k, v in sweep.model_dump(mode="json").items() if k not in ("space", "set")}
     if sweep.scheduler.type == "fifo":
         options["scheduler"] = {"type": "fifo"}  # ASHA's grace period etc. do nothing here
+    else:
+        options["scheduler"]["grace_period"] = sweep.asha_grace_period()  # the default resolved
     params = flatten(options)
     params.update({f"set.{k}": v for k, v in sweep.set.items()})
     params.update({f"space.{k}": d.describe() for k, d in sweep.space.items()})
@@ -204,7 +206,7 @@ def run_sweep(sweep: SweepConfig, *, resume: bool = False, retry_failed: bool = 
                                        resume_errored=retry_failed, restart_errored=False)
         else:
             scheduler = (CooperativeASHA(board=board, time_attr=sweep.scheduler.time_attr, max_t=max_t,
-                                         grace_period=sweep.scheduler.grace_period,
+                                         grace_period=sweep.asha_grace_period(),
                                          reduction_factor=sweep.scheduler.reduction_factor,
                                          brackets=sweep.scheduler.brackets)
                          if board else FIFOScheduler())

@@ -20,7 +20,8 @@ def test_builtin_sweeps_validate_every_value():
     for name in list_sweep_presets():
         sweep = load_sweep(name)
         cfg = sweep.validate_space()
-        assert cfg.optim.epochs >= sweep.scheduler.grace_period
+        if sweep.scheduler.type == "asha":
+            assert cfg.optim.epochs >= sweep.asha_grace_period() > sweep.max_warmup_epochs()
     assert load_sweep("demo-sweep").num_trials == 6
     assert load_sweep("imagenet-table6").space["clustering.sizes"].grid[3] == [6000]
 
@@ -67,6 +68,37 @@ def test_bad_sweep_options(tmp_path):
     s = load_sweep(_write(tmp_path, {"base": "demo", "scheduler": {"grace_period": 9}, "space": {"seed": {"grid": [0]}}}))
     with pytest.raises(ValueError, match="grace_period"):
         s.validate_space()
+
+
+def test_asha_grace_period_must_pass_the_warmup(tmp_path):
+    """ASHA's first rung after grace_period epochs must see at least one epoch in which the clustering acted:
+    demo base with 2 warm-up epochs of 6 -> grace 2 is refused, 3 is accepted, and left out it is 3."""
+    def sweep(**extra):
+        return load_sweep(_write(tmp_path, {"base": "demo", "set": {"optim.epochs": 6, "loss.warmup_epochs": 2},
+                                            "space": {"seed": {"grid": [0]}}, **extra}))
+
+    assert sweep().max_warmup_epochs() == 2
+    with pytest.raises(ValueError, match=r"grace_period \(2\) must exceed the trials' 2 warm-up epochs.*>= 3"):
+        sweep(scheduler={"grace_period": 2}).validate_space()
+    assert sweep(scheduler={"grace_period": 3}).validate_space().loss.warmup_epochs == 2
+    default = sweep()
+    default.validate_space()
+    assert default.scheduler.grace_period is None and default.asha_grace_period() == 3
+    # the user who scores warm-up epochs too may stop on them
+    assert sweep(scheduler={"grace_period": 2}, skip_warmup=False).asha_grace_period() == 2
+    sweep(scheduler={"grace_period": 2}, skip_warmup=False).validate_space()
+    # FIFO has no rungs
+    sweep(scheduler={"type": "fifo", "grace_period": 1}).validate_space()
+
+
+def test_asha_grace_period_counts_a_swept_warmup_at_its_largest(tmp_path):
+    s = load_sweep(_write(tmp_path, {"base": "demo", "set": {"optim.epochs": 8},
+                                     "space": {"loss.warmup_epochs": {"grid": [1, 4]}, "seed": {"grid": [0]}}}))
+    assert s.max_warmup_epochs() == 4 and s.asha_grace_period() == 5
+    # MoCo v2 (no clustering) and an all-warm-up run have no warm-up to wait for (warmup_epochs() == 0)
+    moco = load_sweep(_write(tmp_path, {"base": "demo", "set": {"method": "moco", "loss.warmup_epochs": 3},
+                                        "space": {"seed": {"grid": [0]}}}, "m.yaml"))
+    assert moco.max_warmup_epochs() == 0 and moco.asha_grace_period() == 1
 
 
 def test_base_file_next_to_the_sweep_file(tmp_path):

@@ -113,4 +113,5 @@ def test_a_fifo_sweeps_parent_has_no_asha_params():
     assert fifo["scheduler.type"] == "fifo" and not any(k.startswith("scheduler.") and k != "scheduler.type"
                                                          for k in fifo)
     assert {"scheduler.grace_period", "scheduler.reduction_factor"} <= set(asha)
+    assert asha["scheduler.grace_period"] == 2  # the default resolved: demo's 1 warm-up epoch + 1
     assert fifo["scope"] == asha["scope"] == "last" and fifo["skip_warmup"] is True
