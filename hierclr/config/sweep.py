@@ -211,10 +211,11 @@ class SweepConfig(Section):
                 except ValueError as e:
                     raise ValueError(f"space.{key}: value {value!r} does not make a valid config:\n{e}") from None
         if self.scheduler.type == "asha":
-            grace, warmup = self.asha_grace_period(), self.max_warmup_epochs()
+            warmup = self.max_warmup_epochs()
+            grace = self.scheduler.grace_period or warmup + 1  # = asha_grace_period(), without a second pass
             if self.max_t(cfg) < grace:
                 raise ValueError(f"scheduler.grace_period ({grace}) exceeds the trials' {self.max_t(cfg)} epochs")
-            if self.skip_warmup and grace <= warmup:
+            if self.skip_warmup and self.scheduler.time_attr == "epochs_done" and grace <= warmup:
                 # ASHA's first rung compares trials after grace_period epochs; were they all warm-up epochs (no
                 # prototypes yet), the swept clustering would not have acted and the stops would be chance.
                 raise ValueError(f"scheduler.grace_period ({grace}) must exceed the trials' {warmup} warm-up epochs "

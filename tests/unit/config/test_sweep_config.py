@@ -86,9 +86,9 @@ def test_asha_grace_period_must_pass_the_warmup(tmp_path):
     assert default.scheduler.grace_period is None and default.asha_grace_period() == 3
     # the user who scores warm-up epochs too may stop on them
     assert sweep(scheduler={"grace_period": 2}, skip_warmup=False).asha_grace_period() == 2
-    sweep(scheduler={"grace_period": 2}, skip_warmup=False).validate_space()
+    assert sweep(scheduler={"grace_period": 2}, skip_warmup=False).validate_space().loss.warmup_epochs == 2
     # FIFO has no rungs
-    sweep(scheduler={"type": "fifo", "grace_period": 1}).validate_space()
+    assert sweep(scheduler={"type": "fifo", "grace_period": 1}).validate_space().optim.epochs == 6
 
 
 def test_asha_grace_period_counts_a_swept_warmup_at_its_largest(tmp_path):
